@@ -1,0 +1,1 @@
+"""Operating Darkroom: the `darkroom` command, the private broker, the projection and benchmarks."""

@@ -1,0 +1,220 @@
+"""A private RabbitMQ node under a folder of our own: for `darkroom run` and for the test session.
+
+Debian's `rabbitmq-server` package does not start a node by itself here, and its /usr/sbin wrapper
+switches user and writes to /var/log. We run the node directly with its own mnesia, logs, config,
+Erlang cookie, node name, distribution port and epmd port, listening on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
+INSTALL_HINT = (
+    "RabbitMQ is not installed. Install it with `sudo apt-get install -y rabbitmq-server` "
+    "(Debian/Ubuntu), or point DARKROOM_AMQP_URL at a broker you already run."
+)
+
+
+class BrokerError(RuntimeError):
+    """The private broker could not be installed, started or stopped; the message says why."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def ensure_installed() -> None:
+    """Install rabbitmq-server through apt when it is missing and we are root; otherwise explain."""
+    if SERVER.exists():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BrokerError(INSTALL_HINT)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "rabbitmq-server"]):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BrokerError(f"`{' '.join(cmd)}` failed: {result.stderr.strip()[-500:]}\n{INSTALL_HINT}")
+    if not SERVER.exists():
+        raise BrokerError(INSTALL_HINT)
+
+
+def _epmd_binary() -> str:
+    found = shutil.which("epmd")
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd")):
+        return str(candidate)
+    raise BrokerError("epmd (part of Erlang) was not found next to RabbitMQ")
+
+
+class PrivateBroker:
+    """One RabbitMQ node living entirely inside `base`, reachable at `url`."""
+
+    def __init__(self, base: Path, port: int = 0, name: str | None = None):
+        self.base = base.resolve()
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node = self._node_name(name or "darkroom")
+        self.server: subprocess.Popen | None = None
+        self.epmd: subprocess.Popen | None = None
+
+    def _node_name(self, name: str) -> str:
+        # Queued messages live in mnesia under the node's name: keep the name stable per folder so
+        # a restarted broker finds them again.
+        stored = self.base / "nodename"
+        if stored.exists():
+            return stored.read_text().strip()
+        self.base.mkdir(parents=True, exist_ok=True)
+        node = f"{name}-{secrets.token_hex(3)}@localhost"
+        stored.write_text(node)
+        return node
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        home = self.base / "home"
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
+            "HOME": str(home),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.base / "rabbitmq.pid"),
+        }
+
+    def _write_files(self) -> None:
+        home = self.base / "home"
+        for folder in (home, self.base / "mnesia", self.base / "log"):
+            folder.mkdir(parents=True, exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        if not cookie.exists():
+            cookie.write_text(secrets.token_hex(16))
+        cookie.chmod(0o400)
+        (self.base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+            "log.console = false\n"
+            "log.file.level = warning\n"
+            "disk_free_limit.absolute = 50MB\n"
+            # Image events carry PNG bytes; leave room for large batches of large images.
+            "max_message_size = 536870912\n"
+        )
+        (self.base / "advanced.config").write_text("[].\n")
+        (self.base / "rabbitmq-env.conf").write_text("")
+        (self.base / "enabled_plugins").write_text("[].\n")
+
+    def _kill_stale(self) -> None:
+        """A previous run killed without cleanup may have left its node (and epmd) running here."""
+        pids = self.base / "pids"
+        if not pids.exists():
+            return
+        for pid in pids.read_text().split():
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                os.killpg(int(pid), signal.SIGKILL)
+        pids.unlink(missing_ok=True)
+        time.sleep(0.5)
+
+    def start(self, timeout: float = 60.0) -> PrivateBroker:
+        ensure_installed()
+        self._kill_stale()
+        if port_open(self.port):
+            raise BrokerError(f"port {self.port} is already in use; choose another with DARKROOM_BROKER_PORT")
+        self._write_files()
+        env = self._env()
+        log = open(self.base / "log" / "server.out", "ab")
+        self.epmd = subprocess.Popen(
+            [_epmd_binary(), "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            env=env, stdout=log, stderr=log, start_new_session=True,
+        )
+        self.server = subprocess.Popen(
+            [str(SERVER)], env=env, stdout=log, stderr=log, start_new_session=True, cwd=self.base
+        )
+        (self.base / "pids").write_text(f"{self.server.pid} {self.epmd.pid}\n")
+        deadline = time.monotonic() + timeout
+        while not port_open(self.port):
+            if self.server.poll() is not None:
+                self.stop()
+                raise BrokerError(f"RabbitMQ exited with code {self.server.returncode}; see {self.base / 'log'}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"RabbitMQ did not open port {self.port} within {timeout:.0f}s; see {self.base / 'log'}")
+            time.sleep(0.1)
+        remaining = max(5.0, deadline - time.monotonic())
+        result = subprocess.run(
+            [str(CTL), "-n", self.node, "await_startup", "--timeout", str(int(remaining))],
+            env=env, capture_output=True, text=True, timeout=remaining + 5,
+        )
+        if result.returncode != 0:
+            self.stop()
+            raise BrokerError(f"RabbitMQ did not finish starting: {result.stderr.strip()[-500:]}")
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the node (it stops cleanly), then epmd."""
+        for proc in (self.server, self.epmd):
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.server = self.epmd = None
+        (self.base / "pids").unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL the node (a crash), leaving epmd so that `start_again` works."""
+        if self.server and self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait(5)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Stop the node and start it again on the same port with the same data (messages survive)."""
+        self.stop()
+        self.start(timeout)
+
+    def ctl(self, *args: str) -> str:
+        """Run rabbitmqctl against this node and return its output."""
+        result = subprocess.run([str(CTL), "-n", self.node, *args], env=self._env(), capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise BrokerError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()[-500:]}")
+        return result.stdout
+
+    def __enter__(self) -> PrivateBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

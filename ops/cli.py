@@ -1,0 +1,52 @@
+"""The `darkroom` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from schemas.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"darkroom: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ops.run import configure_logging, run
+
+    settings = _settings()
+    configure_logging(settings)
+    return run(settings)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from schemas.events import event_schema
+
+    print(json.dumps(event_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="darkroom", description="Self-hosted image generation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start RabbitMQ (unless DARKROOM_AMQP_URL is set), every service and the API")
+    run.set_defaults(func=cmd_run)
+    schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

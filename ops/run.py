@@ -1,0 +1,176 @@
+"""`darkroom run`: start the broker (unless DARKROOM_AMQP_URL names one), every service, and the API.
+
+Each service is its own process. A service that exits unexpectedly is restarted with backoff
+(it never crash-loops hot). Ctrl-C or SIGTERM stops everything: services first (they finish or
+hand back their current message), then the broker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import structlog
+
+from ops.broker import BrokerError, PrivateBroker
+from schemas.settings import Settings
+
+SERVICES = ("recorder", "saver", "enricher", "generator", "ingress")
+STOP_GRACE = 20.0
+log = structlog.get_logger("darkroom")
+
+
+def _die_with_parent() -> None:
+    # Children get SIGTERM if the supervisor dies without cleaning up (Linux only; best effort).
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, env: dict[str, str], services: tuple[str, ...] = SERVICES):
+        self.settings = settings
+        self.env = env
+        self.children = [Child(name) for name in services]
+        self.stopping = False
+
+    def start_child(self, child: Child) -> None:
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{child.name}"], env=self.env, preexec_fn=_die_with_parent
+        )
+        child.started_at = time.monotonic()
+        log.info("service started", service=child.name, pid=child.process.pid)
+
+    def watch(self) -> None:
+        """Restart services that exit, with backoff (1 s doubling to 30 s; reset after a minute up)."""
+        now = time.monotonic()
+        for child in self.children:
+            proc = child.process
+            if proc is not None and proc.poll() is None:
+                if child.restarts and now - child.started_at > 60:
+                    child.restarts = 0
+                continue
+            if proc is not None:
+                delay = min(30.0, 2.0 ** child.restarts)
+                log.error("service exited; restarting", service=child.name, code=proc.returncode, restart_in=delay)
+                child.process = None
+                child.restarts += 1
+                child.next_start = now + delay
+            if now >= child.next_start:
+                self.start_child(child)
+
+    def stop(self) -> None:
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("service did not stop in time; killing", service=child.name)
+                child.process.kill()
+                child.process.wait()
+
+
+def wait_healthy(url: str, timeout: float, supervisor: Supervisor) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not supervisor.stopping:
+        supervisor.watch()
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                # Ready means accepting jobs *and* a generator consuming them.
+                if answer.status == 200 and json.loads(answer.read()).get("status") == "ok":
+                    return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def run(settings: Settings) -> int:
+    data = settings.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    lock = open(data / ".darkroom-run.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.error("another `darkroom run` is already using this data directory", data_dir=str(data))
+        return 1
+
+    started = time.monotonic()
+    env = {**os.environ, "DARKROOM_DATA_DIR": str(data)}
+    broker = None
+    if not settings.amqp_url:
+        try:
+            broker = PrivateBroker(data / "rabbitmq", settings.broker_port).start()
+        except BrokerError as exc:
+            log.error("cannot start RabbitMQ", error=str(exc))
+            return 1
+        env["DARKROOM_AMQP_URL"] = broker.url
+        log.info("broker started", url=broker.url, seconds=round(time.monotonic() - started, 1))
+
+    supervisor = Supervisor(settings, env)
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if not supervisor.stopping:
+            log.info("stopping", signal=signal.Signals(signum).name)
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        health = f"http://{host}:{settings.port}/health"
+        if wait_healthy(health, 180, supervisor):
+            log.info(
+                "Darkroom is ready",
+                api=f"http://{host}:{settings.port}",
+                docs=f"http://{host}:{settings.port}/docs",
+                seconds=round(time.monotonic() - started, 1),
+            )
+        elif not supervisor.stopping:
+            log.error("the API did not become healthy within 180 s; check the service logs above")
+        while not supervisor.stopping:
+            supervisor.watch()
+            time.sleep(0.2)
+    finally:
+        supervisor.stop()
+        if broker is not None:
+            broker.stop()
+        log.info("stopped")
+    return 0
+
+
+def configure_logging(settings: Settings) -> None:
+    as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+    structlog.contextvars.bind_contextvars(service="supervisor")

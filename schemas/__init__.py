@@ -1,0 +1,1 @@
+"""Darkroom's typed messages: API requests and responses, events, commands, records, settings."""

@@ -1,0 +1,232 @@
+"""Events (facts, past tense) and commands (imperative, one consumer) that travel over RabbitMQ.
+
+The wire format is JSON. Every event carries the same envelope (`type`, `event_id`, `job_id`,
+`occurred_at`); its `type` is also its routing key on the events exchange. Events evolve only by
+adding fields with defaults, so old subscribers keep decoding new messages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+from schemas import topology as t
+from schemas.jobs import ImageMetadata, ImageRecord, JobSpec
+
+ProgressPhase = Literal["preparing", "loading_model", "generating", "saving"]
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Envelope shared by every event."""
+
+    event_id: str = msgspec.field(default_factory=new_id)
+    job_id: str
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class JobAccepted(Event, tag=t.JOB_ACCEPTED, kw_only=True):
+    """The ingress validated a job, wrote its document and queued it."""
+
+    spec: JobSpec
+
+
+class JobEnriched(Event, tag=t.JOB_ENRICHED, kw_only=True):
+    """The enricher settled the final prompt (style template applied, or passed through)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    original_prompt: str
+    style: str | None = None
+
+
+class JobStarted(Event, tag=t.JOB_STARTED, kw_only=True):
+    """A generator worker took the job and began working on it."""
+
+    worker: str
+    attempt: int = 1
+
+
+class JobProgressed(Event, tag=t.JOB_PROGRESSED, kw_only=True):
+    """A step of generation finished (transient, throttled; may carry a small preview PNG)."""
+
+    phase: ProgressPhase = "generating"
+    step: int
+    total_steps: int
+    image_index: int = 1
+    total_images: int = 1
+    attempt: int = 1
+    preview: bytes | None = None
+
+
+class ModelLoading(Event, tag=t.MODEL_LOADING, kw_only=True):
+    """A worker began loading a model for the job (the job waits for it)."""
+
+    model: str
+    worker: str
+
+
+class ModelLoaded(Event, tag=t.MODEL_LOADED, kw_only=True):
+    """A worker finished loading a model and keeps it warm."""
+
+    model: str
+    worker: str
+    seconds: float
+    bytes: int
+
+
+class ModelEvicted(Event, tag=t.MODEL_EVICTED, kw_only=True):
+    """A worker dropped a warm model to stay inside its memory budget (job_id: the job that needed room)."""
+
+    model: str
+    worker: str
+    bytes: int
+
+
+class ImageGenerated(Event, tag=t.IMAGE_GENERATED, kw_only=True):
+    """A worker produced one image of a job; the PNG bytes travel inside, so workers need no shared disk."""
+
+    image_id: str
+    image_number: int
+    total_images: int
+    # Images are filed under their job's creation day, so every attempt writes the same paths.
+    job_created_at: datetime
+    attempt: int = 1
+    worker: str
+    width: int
+    height: int
+    png: bytes
+    metadata: ImageMetadata
+
+
+class ImageSaved(Event, tag=t.IMAGE_SAVED, kw_only=True):
+    """The saver wrote an image and its JSON sidecar durably into the data directory."""
+
+    image: ImageRecord
+
+
+class JobCompleted(Event, tag=t.JOB_COMPLETED, kw_only=True):
+    """Every image of the job is saved."""
+
+    image_ids: list[str]
+    attempt: int = 1
+
+
+class JobFailed(Event, tag=t.JOB_FAILED, kw_only=True):
+    """The job ended without images; `reason` says why in words a user can act on."""
+
+    reason: str
+    attempt: int = 1
+
+
+class JobCancelRequested(Event, tag=t.JOB_CANCEL_REQUESTED, kw_only=True):
+    """A client asked to cancel the job; whoever holds it stops it."""
+
+    requested_by: str | None = None
+
+
+class JobCancelled(Event, tag=t.JOB_CANCELLED, kw_only=True):
+    """The job was stopped before it finished; no images of it are kept."""
+
+    reason: str = "cancelled by request"
+
+
+class JobStalled(Event, tag=t.JOB_STALLED, kw_only=True):
+    """A processing job went silent past its deadline."""
+
+    attempt: int
+    silent_seconds: float
+
+
+class JobRequeued(Event, tag=t.JOB_REQUEUED, kw_only=True):
+    """The job was put back in the queue for another attempt."""
+
+    attempt: int
+    reason: str
+
+
+class ImageDeleted(Event, tag=t.IMAGE_DELETED, kw_only=True):
+    """An image and its sidecar were removed on request."""
+
+    image_id: str
+
+
+class ImageExpired(Event, tag=t.IMAGE_EXPIRED, kw_only=True):
+    """An image was removed by the retention janitor after its time to live."""
+
+    image_id: str
+
+
+class WorkerHeartbeat(Event, tag=t.WORKER_HEARTBEAT, kw_only=True):
+    """A worker is alive and busy with the job (sent while loading, when no steps report)."""
+
+    worker: str
+    attempt: int = 1
+
+
+AnyEvent = (
+    JobAccepted
+    | JobEnriched
+    | JobStarted
+    | JobProgressed
+    | ModelLoading
+    | ModelLoaded
+    | ModelEvicted
+    | ImageGenerated
+    | ImageSaved
+    | JobCompleted
+    | JobFailed
+    | JobCancelRequested
+    | JobCancelled
+    | JobStalled
+    | JobRequeued
+    | ImageDeleted
+    | ImageExpired
+    | WorkerHeartbeat
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+# Events that may be lost without harm: published without confirms, not persisted.
+TRANSIENT_EVENTS: tuple[type[Event], ...] = (JobProgressed, WorkerHeartbeat)
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Envelope shared by every command."""
+
+    command_id: str = msgspec.field(default_factory=new_id)
+    job_id: str
+    issued_at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class GenerateImages(Command, tag=t.GENERATE_IMAGES, kw_only=True):
+    """Generate the images of a job (enriched prompt included). Consumed by the generator queue."""
+
+    spec: JobSpec
+    attempt: int = 1
+    created_at: datetime
+
+
+AnyCommand = GenerateImages
+
+
+def event_schema() -> dict:
+    """JSON Schema of every event and command: the published contract, committed as events.schema.json."""
+    (schema,), components = msgspec.json.schema_components([AnyEvent | AnyCommand])
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Darkroom events and commands",
+        "description": __doc__.strip(),
+        **schema,
+        "$defs": components,
+    }

@@ -1,0 +1,122 @@
+"""Records of jobs and images: what travels inside events and what GET /v1/jobs/{id} returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class GenerationSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The effective settings of a job: every default filled in, the seed chosen."""
+
+    num_images: int
+    num_inference_steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    # The seed of the first image; image n (1-based) uses seed + n - 1, as A1111 does.
+    seed: int
+    sampler: str | None = None
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated job: what to generate, with which model and settings."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    model: str
+    style: str | None = None
+    settings: GenerationSettings
+    owner: str | None = None
+
+
+class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """What produced one image; also embedded in the PNG and written as its JSON sidecar."""
+
+    job_id: str
+    model_id: str
+    prompt: str
+    negative_prompt: str | None = None
+    settings: GenerationSettings
+    seed: int
+    image_number: int
+    total_images: int
+    generation_time: float = 0.0
+
+
+class ImageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One saved image, as listed in its job's document."""
+
+    id: str
+    # Relative to the images folder: YYYY/MM/DD/<id>.png
+    file_path: str
+    created_at: datetime
+    width: int
+    height: int
+    size_bytes: int
+    metadata: ImageMetadata
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    """CyberImage-style phase flags plus the current step."""
+
+    preparing: bool = False
+    loading_model: bool = False
+    generating: bool = False
+    saving: bool = False
+    completed: bool = False
+    failed: bool = False
+    step: int | None = None
+    total_steps: int | None = None
+    image_index: int | None = None
+
+
+class JobDocument(msgspec.Struct, kw_only=True):
+    """The current state of one job: what GET /v1/jobs/{id} returns."""
+
+    id: str
+    status: JobStatus
+    model: str
+    prompt: str
+    negative_prompt: str | None = None
+    original_prompt: str | None = None
+    style: str | None = None
+    settings: GenerationSettings
+    owner: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    message: str = ""
+    error: str | None = None
+    progress: Progress = msgspec.field(default_factory=Progress)
+    # The attempt now pending or running (0 before the first starts). Results of older attempts are ignored.
+    attempts: int = 0
+    images: list[ImageRecord] = msgspec.field(default_factory=list)
+    queue_position: int | None = None
+    eta_seconds: float | None = None
+
+    @classmethod
+    def new(cls, job_id: str, spec: JobSpec, created_at: datetime) -> JobDocument:
+        """The document of a job just accepted."""
+        return cls(
+            id=job_id,
+            status="pending",
+            model=spec.model,
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt,
+            original_prompt=spec.prompt,
+            style=spec.style,
+            settings=spec.settings,
+            owner=spec.owner,
+            created_at=created_at,
+            updated_at=created_at,
+            message="Queued",
+            progress=Progress(preparing=True, total_steps=spec.settings.num_inference_steps),
+        )

@@ -1,0 +1,99 @@
+"""Where each kind of state lives inside the data directory (`DARKROOM_DATA_DIR`).
+
+    events/YYYY-MM-DD.jsonl      append-only log of every event
+    jobs/<job_id>.json           current document of each job
+    images/YYYY/MM/DD/<id>.png   images, with <id>.json metadata sidecars
+    previews/<job_id>.png        latest preview of a running job
+    queue.txt                    ids of pending and processing jobs, one a line
+    models/                      the built-in model, and LoRAs under models/loras
+    state/                       API keys, sessions, presets
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from pathlib import Path
+
+import msgspec
+
+_JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_IMAGE_ID = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})_([1-9][0-9]{0,2})$")
+
+
+def is_job_id(value: str) -> bool:
+    """Job ids are lowercase UUIDs; anything else never touches the file system."""
+    return bool(_JOB_ID.match(value))
+
+
+def image_id(job_id: str, number: int) -> str:
+    """Image ids name their job and their 1-based place in it, so a retry rewrites, never duplicates."""
+    return f"{job_id}_{number}"
+
+
+def split_image_id(value: str) -> tuple[str, int] | None:
+    """(job_id, image number) of a well-formed image id, else None."""
+    match = _IMAGE_ID.match(value)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+class DataLayout(msgspec.Struct, frozen=True):
+    """Paths inside one data directory."""
+
+    root: str
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root)
+
+    @property
+    def events_dir(self) -> Path:
+        return self.base / "events"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.base / "jobs"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.base / "images"
+
+    @property
+    def previews_dir(self) -> Path:
+        return self.base / "previews"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base / "models"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def queue_file(self) -> Path:
+        return self.base / "queue.txt"
+
+    def event_log(self, day: date) -> Path:
+        return self.events_dir / f"{day.isoformat()}.jsonl"
+
+    def job(self, job_id: str) -> Path:
+        return self.jobs_dir / f"{job_id}.json"
+
+    def preview(self, job_id: str) -> Path:
+        return self.previews_dir / f"{job_id}.png"
+
+    @staticmethod
+    def image_file_path(created: datetime, image_id: str) -> str:
+        """The image's path relative to images/: its job's creation day, then its id."""
+        return f"{created:%Y/%m/%d}/{image_id}.png"
+
+    def image(self, file_path: str) -> Path:
+        return self.images_dir / file_path
+
+    def sidecar(self, file_path: str) -> Path:
+        return (self.images_dir / file_path).with_suffix(".json")
+
+    def ensure(self) -> None:
+        for folder in (self.events_dir, self.jobs_dir, self.images_dir, self.previews_dir, self.models_dir, self.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,94 @@
+"""Process settings, read from `DARKROOM_*` environment variables.
+
+Every value has a default that works on a laptop with no GPU and no internet.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+class SettingsError(ValueError):
+    """A DARKROOM_* variable holds a value Darkroom cannot use; the message names it."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a Darkroom process needs to know about where it runs."""
+
+    data_dir: str = "./var"
+    # None means `darkroom run` starts a private broker and fills this in for the services.
+    amqp_url: str | None = None
+    namespace: str = "darkroom"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    config_path: str = "darkroom.toml"
+    device: str = "auto"
+    # Bytes the generator may keep in warm models before it evicts the least recently used.
+    memory_budget: int = 8 * 1024**3
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "info"
+    # Port for the private broker `darkroom run` starts; 0 picks a free one.
+    broker_port: int = 0
+    # Transient progress events per job per second, at most.
+    progress_rate: float = 4.0
+    max_prompt_length: int = 500
+    max_body_bytes: int = 20 * 1024**2
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from DARKROOM_* variables, naming any variable whose value is bad."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in msgspec.structs.fields(cls):
+            name = f"DARKROOM_{field.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(name, raw, field.type)
+        # Common aliases people reach for first.
+        if "memory_budget" not in values and env.get("DARKROOM_MEMORY_BUDGET_MB"):
+            values["memory_budget"] = _parse("DARKROOM_MEMORY_BUDGET_MB", env["DARKROOM_MEMORY_BUDGET_MB"] + "MiB", int)
+        try:
+            return msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"invalid DARKROOM_* setting: {exc}") from exc
+
+
+def _parse(name: str, raw: str, kind: object) -> object:
+    if name == "DARKROOM_MEMORY_BUDGET":
+        return parse_size(name, raw)
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    return raw
+
+
+def parse_size(name: str, raw: str) -> int:
+    """`8GiB`, `512MB`, `1.5g` or a plain byte count, as bytes."""
+    match = _SIZE.match(raw)
+    if not match:
+        raise SettingsError(f"{name} must be a size like 8GiB or 512MB, got {raw!r}")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    base = unit[:1]
+    factor = _UNITS[base] if "i" not in unit else 1024 ** "bkmgt".index(base)
+    return int(number * factor)

@@ -1,0 +1,318 @@
+"""RabbitMQ for every Darkroom service: connect, declare, publish with confirms, consume with ack/nack.
+
+Rules this module enforces so that services need not think about them:
+- durable messages are published with confirms and `mandatory`, so a message the broker did not
+  take, or could not route, raises instead of vanishing;
+- a message is acked only after its handler returned (its effect is durable by then);
+- a message that cannot be decoded, or whose handler raised, is dead-lettered with the reason and
+  the service carries on; a handler that wants another try later raises `Retry`;
+- a message that keeps crashing its consumer is dead-lettered by the broker after
+  `DELIVERY_LIMIT` deliveries (quorum queues count them), so nothing crash-loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import aio_pika
+import aiormq
+import msgspec
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from schemas import topology
+from schemas.events import TRANSIENT_EVENTS, AnyCommand, AnyEvent, Command, Event, new_id
+from schemas.topology import Topology
+
+log = structlog.get_logger("bus")
+
+DELIVERY_LIMIT = 5
+PUBLISH_TIMEOUT = 15.0
+REASON_HEADER = "x-darkroom-reason"
+QUEUE_HEADER = "x-darkroom-queue"
+
+# One encoder and one decoder of each kind per process.
+encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(AnyEvent)
+command_decoder = msgspec.json.Decoder(AnyCommand)
+
+# Errors that mean "the connection is gone": the message stays unacked and comes back after reconnect.
+CONNECTION_ERRORS = (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
+
+T = TypeVar("T")
+
+
+class Retry(Exception):
+    """Raised by a handler that cannot finish now but may later: the message is requeued."""
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached or did not confirm a message."""
+
+
+def routing_key(message: Event | Command) -> str:
+    return type(message).__struct_config__.tag  # type: ignore[return-value]
+
+
+class Bus:
+    """A robust connection with a confirming channel for durable messages and a plain one for transient ones."""
+
+    def __init__(self, connection: AbstractRobustConnection, topology: Topology):
+        self.connection = connection
+        self.topology = topology
+        self._confirming: AbstractChannel | None = None
+        self._transient: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._transient_exchanges: dict[str, AbstractExchange] = {}
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._in_flight: set[asyncio.Task] = set()
+
+    @classmethod
+    async def connect(cls, url: str, topology: Topology, *, name: str, timeout: float = 30.0) -> Bus:
+        """Connect (retrying until `timeout`), open channels and declare the whole topology."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                connection = await aio_pika.connect_robust(
+                    url, client_properties={"connection_name": name}, timeout=5
+                )
+                break
+            except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise BrokerUnavailable(f"cannot reach RabbitMQ at {_redact(url)}: {exc}") from exc
+                await asyncio.sleep(0.5)
+        bus = cls(connection, topology)
+        await bus.open()
+        return bus
+
+    async def open(self) -> None:
+        self._confirming = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._transient = await self.connection.channel(publisher_confirms=False)
+        await declare_topology(self._confirming, self.topology)
+        for name in (self.topology.events, self.topology.commands, self.topology.dead_letter):
+            self._exchanges[name] = await self._confirming.get_exchange(name, ensure=False)
+
+    @property
+    def connected(self) -> bool:
+        return not self.connection.is_closed and self.connection.connected.is_set()
+
+    async def publish(self, event: Event) -> None:
+        """Publish an event; durable ones return only once the broker confirmed them."""
+        transient = isinstance(event, TRANSIENT_EVENTS)
+        await self._publish(self.topology.events, routing_key(event), encoder.encode(event), event.event_id, transient)
+
+    def publish_soon(self, event: Event) -> None:
+        """Publish a transient event without waiting (progress, heartbeats); failures are only logged."""
+        task = asyncio.ensure_future(self.publish(event))
+        self._in_flight.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("transient publish failed", error=str(task.exception()))
+
+    async def send(self, command: Command) -> None:
+        """Send a command to its one consuming queue, confirmed."""
+        await self._publish(self.topology.commands, routing_key(command), encoder.encode(command), command.command_id, False)
+
+    async def _publish(self, exchange: str, key: str, body: bytes, message_id: str, transient: bool) -> None:
+        channel = self._transient if transient else self._confirming
+        if channel is None:
+            raise BrokerUnavailable("bus is not open")
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=message_id,
+            type=key,
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT if transient else aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            ex = self._exchanges[exchange]
+            if transient:
+                ex = self._transient_exchanges.get(exchange) or await channel.get_exchange(exchange, ensure=False)
+                self._transient_exchanges[exchange] = ex
+            await ex.publish(message, routing_key=key, mandatory=not transient, timeout=PUBLISH_TIMEOUT)
+        except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
+            raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
+        except (*CONNECTION_ERRORS, asyncio.TimeoutError) as exc:
+            raise BrokerUnavailable(f"broker unreachable while publishing {key}: {exc}") from exc
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
+        """Park a message in the dead-letter queue with the reason, then ack the original."""
+        headers = dict(message.headers or {})
+        headers[REASON_HEADER] = reason[:2000]
+        headers[QUEUE_HEADER] = queue
+        copy = aio_pika.Message(
+            message.body,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            type=message.type,
+            headers=headers,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._exchanges[self.topology.dead_letter].publish(copy, routing_key=queue, timeout=PUBLISH_TIMEOUT)
+        await message.ack()
+
+    async def consume_raw(
+        self, stage: str, callback: Callable[[AbstractIncomingMessage], Awaitable[Any]], *, prefetch: int
+    ) -> AbstractQueue:
+        """Consume a stage's queue on a channel of its own (its prefetch is its own)."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.get_queue(self.topology.queue(stage), ensure=False)
+        tag = await queue.consume(callback, no_ack=False)
+        self._consumers.append((queue, tag))
+        return queue
+
+    async def consume(
+        self,
+        stage: str,
+        handle: Callable[[T], Awaitable[None]],
+        *,
+        decoder: msgspec.json.Decoder,
+        prefetch: int = 8,
+        on_failure: Callable[[T, Exception], Awaitable[None]] | None = None,
+    ) -> AbstractQueue:
+        """Consume a stage's queue: decode, call `handle`, then ack; dead-letter what fails.
+
+        `on_failure` runs before a failed message is dead-lettered, so that the stage can end the
+        job with the reason (an accepted job must never just disappear).
+        """
+        queue_name = self.topology.queue(stage)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                item = decoder.decode(message.body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("undecodable message dead-lettered", queue=queue_name, error=str(exc))
+                await settle(self.dead_letter(message, f"undecodable: {exc}", queue_name))
+                return
+            try:
+                await handle(item)
+            except Retry as exc:
+                log.info("message requeued", queue=queue_name, reason=str(exc))
+                await asyncio.sleep(0.5)
+                await settle(message.nack(requeue=True))
+                return
+            except BrokerUnavailable as exc:
+                # Our next publish failed: leave the message for redelivery after the reconnect.
+                log.warning("broker trouble while handling; message will be redelivered", queue=queue_name, error=str(exc))
+                await settle(message.nack(requeue=True))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any handler failure parks the message, never kills the service
+                log.exception("handler failed; message dead-lettered", queue=queue_name)
+                if on_failure is not None:
+                    try:
+                        await on_failure(item, exc)
+                    except BrokerUnavailable:
+                        await settle(message.nack(requeue=True))
+                        return
+                await settle(self.dead_letter(message, f"{type(exc).__name__}: {exc}", queue_name))
+                return
+            await settle(message.ack())
+
+        return await self.consume_raw(stage, on_message, prefetch=prefetch)
+
+    async def consumer_count(self, stage: str) -> int:
+        """How many processes consume a stage's queue right now (e.g. live generator workers)."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            queue = await channel.declare_queue(self.topology.queue(stage), passive=True)
+            return queue.declaration_result.consumer_count
+        finally:
+            await channel.close()
+
+    async def subscribe(
+        self, keys: Iterable[str], handle: Callable[[Event], Awaitable[None]], *, name: str
+    ) -> AbstractQueue:
+        """A private queue for this process only (gone when it disconnects) bound to `keys` on the
+        events exchange: how a process follows events it does not own (cancellations, live progress)."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=256)
+        queue = await channel.declare_queue(
+            f"{self.topology.namespace}.{name}.{new_id()[:8]}", exclusive=True, auto_delete=True
+        )
+        events = await channel.get_exchange(self.topology.events, ensure=False)
+        for key in keys:
+            await queue.bind(events, routing_key=key)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                await handle(event_decoder.decode(message.body))
+            except Exception:  # noqa: BLE001 - a follower must not die on one odd message
+                log.exception("subscriber failed on a message; skipped", queue=queue.name)
+            await settle(message.ack())
+
+        tag = await queue.consume(on_message, no_ack=False)
+        self._consumers.append((queue, tag))
+        return queue
+
+    async def close(self) -> None:
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=2)
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+
+
+async def settle(action: Awaitable[Any]) -> None:
+    """Ack, nack or dead-letter; if the channel is gone the broker redelivers anyway, so carry on."""
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await action
+
+
+def queue_arguments(topology: Topology, name: str) -> dict[str, Any]:
+    """Quorum queue that counts deliveries and dead-letters poison messages without losing them."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": topology.dead_letter,
+        "x-dead-letter-routing-key": name,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+STAGE_BINDINGS: dict[str, tuple[str, Iterable[str]]] = {
+    # stage: (exchange attribute of Topology, routing keys)
+    "enricher": ("events", topology.ENRICHER_KEYS),
+    "generator": ("commands", (topology.GENERATE_IMAGES,)),
+    "saver": ("events", topology.SAVER_KEYS),
+    "recorder": ("events", topology.RECORDER_KEYS),
+}
+
+
+async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
+    """Declare every exchange, queue and binding; safe to run again and from every service."""
+    events = await channel.declare_exchange(topo.events, aio_pika.ExchangeType.TOPIC, durable=True)
+    commands = await channel.declare_exchange(topo.commands, aio_pika.ExchangeType.DIRECT, durable=True)
+    dead = await channel.declare_exchange(topo.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead_letters = await channel.declare_queue(topo.dead_letters, durable=True, arguments={"x-queue-type": "quorum"})
+    await dead_letters.bind(dead, routing_key="")
+    exchanges = {"events": events, "commands": commands}
+    for stage, (exchange, keys) in STAGE_BINDINGS.items():
+        name = topo.queue(stage)
+        queue = await channel.declare_queue(name, durable=True, arguments=queue_arguments(topo, name))
+        for key in keys:
+            await queue.bind(exchanges[exchange], routing_key=key)
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,3 @@
+from services.enricher.main import run
+
+run()

@@ -1,0 +1,33 @@
+"""The enricher's effects."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from schemas.catalog import Style
+from schemas.events import Command, Event, GenerateImages, JobAccepted, JobEnriched, JobFailed
+from services.styles import enrich_prompt
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> None: ...
+    async def send(self, command: Command) -> None: ...
+
+
+async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, Style]) -> None:
+    """Apply the job's style (or pass the prompt through), record it, and queue the generation."""
+    spec = event.spec
+    prompt, negative = enrich_prompt(spec.prompt, spec.negative_prompt, spec.style, styles)
+    await bus.publish(JobEnriched(
+        job_id=event.job_id, prompt=prompt, negative_prompt=negative,
+        original_prompt=spec.prompt, style=spec.style,
+    ))
+    enriched = msgspec.structs.replace(spec, prompt=prompt, negative_prompt=negative)
+    await bus.send(GenerateImages(job_id=event.job_id, spec=enriched, created_at=event.occurred_at))
+
+
+async def fail_job(event: JobAccepted, error: Exception, *, bus: Publisher) -> None:
+    """A job the enricher cannot pass on ends failed with the reason, never silently dropped."""
+    await bus.publish(JobFailed(job_id=event.job_id, reason=f"prompt enrichment failed: {error}"))

@@ -1,0 +1,1 @@
+"""The generator: loads models (kept warm), runs diffusers, reports progress, emits images."""

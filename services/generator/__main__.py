@@ -1,0 +1,3 @@
+from services.generator.main import run
+
+run()

@@ -1,0 +1,57 @@
+"""Generator process: GenerateImages in; model, progress and image events out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from functools import partial
+from pathlib import Path
+
+import structlog
+
+from pipelines.loader import ModelCache, ModelLoadError
+from pipelines.tiny import ensure_tiny_model
+from schemas import topology
+from schemas.catalog import TINY_MODEL_ID
+from schemas.settings import Settings
+from services import runtime
+from services.bus import command_decoder
+from services.generator.handlers import Worker, fail_job, generate_images, remember_cancellation
+
+STAGE = "generator"
+log = structlog.get_logger(STAGE)
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    catalog = runtime.catalog(settings)
+    cache = ModelCache(settings.memory_budget, settings.device)
+    tiny = catalog.models[TINY_MODEL_ID]
+    await asyncio.to_thread(ensure_tiny_model, Path(tiny.source))
+    async with runtime.connected(settings, STAGE) as bus:
+        worker = Worker(
+            bus=bus, catalog=catalog, cache=cache,
+            worker_id=f"{socket.gethostname()}-{os.getpid()}", progress_rate=settings.progress_rate,
+        )
+        # Warm the default model before taking work, so the first job does not pay for the load.
+        default = catalog.model(None)
+        try:
+            warm = await worker.model_for(default, job_id="")
+            log.info("model warm", model=default.id, device=str(warm.device), seconds=round(warm.load_seconds, 2))
+        except ModelLoadError as exc:
+            # Not fatal: jobs for other models still run; jobs for this one fail with the reason.
+            log.error("default model failed to load", error=str(exc))
+        await bus.subscribe([topology.JOB_CANCEL_REQUESTED], partial(remember_cancellation, worker=worker), name="generator-cancellations")
+        await bus.consume(
+            STAGE,
+            partial(generate_images, worker=worker),
+            decoder=command_decoder,
+            on_failure=partial(fail_job, worker=worker),
+            prefetch=1,
+        )
+        await stop.wait()
+    worker.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def run() -> None:
+    runtime.run_service(STAGE, main)

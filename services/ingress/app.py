@@ -1,0 +1,70 @@
+"""The Litestar application: routes, error shapes, OpenAPI, and the broker connection's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+
+from schemas.settings import Settings
+from schemas.topology import Topology
+from services import runtime
+from services.bus import Bus, BrokerUnavailable
+from services.ingress.errors import EXCEPTION_HANDLERS
+from services.ingress.handlers import Ingress
+from services.ingress.routes import DEPENDENCIES, ROUTES
+
+log = structlog.get_logger("ingress")
+
+
+async def keep_connected(ctx: Ingress) -> None:
+    """Connect to the broker in the background; until then requests that need it get 503."""
+    url = ctx.settings.amqp_url or runtime.DEFAULT_AMQP_URL
+    while True:
+        try:
+            ctx.bus = await Bus.connect(url, Topology(ctx.settings.namespace), name="ingress", timeout=10)
+            log.info("connected to broker")
+            return
+        except BrokerUnavailable as exc:
+            log.warning("broker not reachable yet", error=str(exc))
+            await asyncio.sleep(1)
+
+
+def create_app(settings: Settings) -> Litestar:
+    ctx = Ingress(settings=settings, catalog=runtime.catalog(settings), layout=runtime.layout(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        ctx.connecting = asyncio.create_task(keep_connected(ctx))
+        try:
+            yield
+        finally:
+            ctx.connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ctx.connecting
+            if ctx.bus is not None:
+                await ctx.bus.close()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        state=State({"ctx": ctx}),
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # services.logs already routes everything through structlog
+        openapi_config=OpenAPIConfig(
+            title="Darkroom",
+            version="1",
+            description="Self-hosted image generation. Errors are always `{\"status\": \"error\", \"message\": ...}`.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(path="/docs")],
+        ),
+    )

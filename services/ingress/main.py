@@ -1,0 +1,30 @@
+"""Ingress process: the REST API on uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from schemas.settings import Settings, SettingsError
+from services import logs
+from services.ingress.app import create_app
+
+
+def run() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"darkroom ingress: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log = logs.configure(settings, "ingress")
+    log.info("listening", host=settings.host, port=settings.port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,141 @@
+"""HTTP routes: decode the request, call a handler, shape the answer. No business logic here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.response import File, Redirect
+
+from schemas.api import (
+    EnrichRequest,
+    EnrichResponse,
+    ErrorBody,
+    Health,
+    JobCreated,
+    JobRequest,
+    ModelInfo,
+    ModelList,
+)
+from schemas.jobs import ImageMetadata, JobDocument
+from services.ingress import handlers
+from services.ingress.errors import ApiError
+from services.ingress.handlers import Ingress
+from services.styles import UnknownStyle, enrich_prompt
+
+JSON = "application/json"
+
+
+def provide_ctx(state: State) -> Ingress:
+    return state.ctx
+
+
+ERRORS = {400: ErrorBody, 404: ErrorBody, 503: ErrorBody}
+
+
+class JobRoutes(Controller):
+    path = "/v1/jobs"
+    tags = ["jobs"]
+
+    @post("/", status_code=202, summary="Submit a generation job")
+    async def create(self, ctx: Ingress, data: JobRequest, request: Request) -> Response[JobCreated]:
+        """Validate and queue a job. Answers 202 once the job is durable; poll `status_url`."""
+        doc = await handlers.submit_job(ctx, data)
+        status_url = f"/v1/jobs/{doc.id}"
+        body = JobCreated(
+            id=doc.id,
+            status=doc.status,
+            status_url=status_url,
+            num_images=doc.settings.num_images,
+            message=f"Job queued for {doc.settings.num_images} image(s)",
+        )
+        return Response(body, status_code=202, headers={"Location": status_url})
+
+    @get("/{job_id:str}", summary="A job's status, progress and images")
+    async def read(self, ctx: Ingress, job_id: str) -> Response[JobDocument]:
+        return Response(content=await asyncio.to_thread(handlers.read_job_bytes, ctx, job_id), media_type=JSON)
+
+
+class ImageRoutes(Controller):
+    path = "/v1/images"
+    tags = ["images"]
+
+    @get("/{image_id:str}", summary="Download an image (PNG)", media_type="image/png")
+    async def read(self, ctx: Ingress, image_id: str) -> File:
+        png, _ = await asyncio.to_thread(handlers.image_paths, ctx, image_id)
+        return File(path=png, media_type="image/png", filename=f"{image_id}.png", content_disposition_type="inline")
+
+    @get("/{image_id:str}/metadata", summary="How an image was made")
+    async def metadata(self, ctx: Ingress, image_id: str) -> ImageMetadata:
+        record = await asyncio.to_thread(handlers.read_image_record, ctx, image_id)
+        return record.metadata
+
+
+@get("/v1/models", tags=["models"], summary="Models this installation offers")
+async def list_models(ctx: Ingress) -> ModelList:
+    models = {
+        entry.id: ModelInfo(
+            id=entry.id,
+            description=entry.description,
+            family=entry.family,
+            supports_negative_prompt=entry.supports_negative_prompt,
+            capabilities=list(entry.capabilities),
+            defaults={k: v for k, v in {
+                "num_inference_steps": entry.defaults.num_inference_steps,
+                "guidance_scale": entry.defaults.guidance_scale,
+                "width": entry.defaults.width,
+                "height": entry.defaults.height,
+                "sampler": entry.defaults.sampler,
+            }.items() if v is not None},
+            limits={
+                "max_width": entry.limits.max_width,
+                "max_height": entry.limits.max_height,
+                "max_steps": entry.limits.max_steps,
+                "max_images": 8,
+            },
+        )
+        for entry in ctx.catalog.models.values()
+    }
+    return ModelList(models=models, default=ctx.catalog.default)
+
+
+@post("/v1/enrich", tags=["prompts"], summary="Apply a style template to a prompt", status_code=200)
+async def enrich(ctx: Ingress, data: EnrichRequest) -> EnrichResponse:
+    try:
+        prompt, negative = enrich_prompt(data.prompt, None, data.style, ctx.catalog.styles)
+    except UnknownStyle as exc:
+        raise ApiError(400, f"style: {exc}") from None
+    return EnrichResponse(original_prompt=data.prompt, enriched_prompt=prompt, negative_prompt=negative, style=data.style)
+
+
+@get("/health", tags=["ops"], summary="Broker, data directory and worker health (503 when jobs cannot be accepted)")
+async def health(ctx: Ingress) -> Response[Health]:
+    broker_ok = ctx.bus is not None and ctx.bus.connected
+    data_ok = await asyncio.to_thread(os.access, ctx.layout.base, os.W_OK)
+    generators = 0
+    if broker_ok:
+        try:
+            generators = await ctx.bus.consumer_count("generator")
+        except Exception:  # noqa: BLE001 - a failed probe means "not known to be healthy"
+            broker_ok = False
+    status = "unavailable" if not (broker_ok and data_ok) else "ok" if generators else "degraded"
+    body = Health(
+        status=status,
+        broker="connected" if broker_ok else "unreachable",
+        data_dir="writable" if data_ok else "not writable",
+        generators=generators,
+    )
+    return Response(body, status_code=503 if status == "unavailable" else 200)
+
+
+@get("/docs", include_in_schema=False)
+async def docs() -> Redirect:
+    """The interactive API docs live next to the OpenAPI schema."""
+    return Redirect(path="/schema/docs")
+
+
+ROUTES = [JobRoutes, ImageRoutes, list_models, enrich, health, docs]
+DEPENDENCIES = {"ctx": Provide(provide_ctx, sync_to_thread=False)}

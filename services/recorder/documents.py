@@ -1,0 +1,121 @@
+"""How each event changes a job's document. Pure: no I/O, so it is tested with plain values."""
+
+from __future__ import annotations
+
+from schemas.events import (
+    Event,
+    ImageDeleted,
+    ImageExpired,
+    ImageGenerated,
+    ImageSaved,
+    JobAccepted,
+    JobCancelled,
+    JobCancelRequested,
+    JobCompleted,
+    JobEnriched,
+    JobFailed,
+    JobProgressed,
+    JobRequeued,
+    JobStalled,
+    JobStarted,
+    ModelLoaded,
+    ModelLoading,
+)
+from schemas.jobs import TERMINAL_STATUSES, JobDocument, Progress
+
+
+def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
+    """The job's document after `event` (changed in place), or None when the event changes nothing.
+
+    A finished job (completed, failed, cancelled) stays finished: late progress or results from a
+    worker that lost the job are ignored. Only image deletion still edits it.
+    """
+    if isinstance(event, JobAccepted):
+        # The ingress usually wrote the document already; returning it puts the job in queue.txt.
+        return JobDocument.new(event.job_id, event.spec, event.occurred_at) if doc is None else doc
+    if doc is None:
+        return None
+    if isinstance(event, (ImageDeleted, ImageExpired)):
+        before = len(doc.images)
+        doc.images = [image for image in doc.images if image.id != event.image_id]
+        return _touched(doc, event) if len(doc.images) != before else None
+    if doc.status in TERMINAL_STATUSES:
+        return None
+    attempt = getattr(event, "attempt", None)
+    if attempt is not None and attempt < doc.attempts:
+        return None  # from an attempt that was superseded
+
+    progress = doc.progress
+    match event:
+        case JobEnriched():
+            doc.prompt = event.prompt
+            doc.negative_prompt = event.negative_prompt
+            doc.original_prompt = event.original_prompt
+            doc.style = event.style
+            doc.message = "Prompt ready" + (f" (style {event.style})" if event.style else "")
+        case JobStarted():
+            doc.status = "processing"
+            doc.started_at = doc.started_at or event.occurred_at
+            doc.attempts = max(doc.attempts, event.attempt)
+            doc.progress = Progress(preparing=True, total_steps=doc.settings.num_inference_steps)
+            doc.message = "Preparing"
+        case ModelLoading():
+            progress.preparing = False
+            progress.loading_model = True
+            doc.message = f"Loading model {event.model}"
+        case ModelLoaded():
+            progress.loading_model = False
+            progress.preparing = True
+            doc.message = f"Model {event.model} loaded in {event.seconds:.1f}s"
+        case JobProgressed():
+            doc.status = "processing"
+            progress.preparing = progress.loading_model = False
+            progress.generating = event.phase == "generating"
+            progress.step, progress.total_steps = event.step, event.total_steps
+            progress.image_index = event.image_index
+            images = f"image {event.image_index} of {event.total_images}" if event.total_images > 1 else "image"
+            doc.message = f"Generating {images}... Step {event.step}/{event.total_steps}"
+        case ImageGenerated():
+            progress.generating = False
+            progress.saving = True
+            progress.step = progress.total_steps
+            doc.message = f"Saving image {event.image_number} of {event.total_images}"
+        case ImageSaved():
+            if all(image.id != event.image.id for image in doc.images):
+                doc.images = sorted([*doc.images, event.image], key=lambda image: image.metadata.image_number)
+            doc.message = f"Saved image {len(doc.images)} of {doc.settings.num_images}"
+        case JobCompleted():
+            doc.status = "completed"
+            doc.completed_at = event.occurred_at
+            doc.progress = Progress(
+                completed=True, step=progress.total_steps, total_steps=progress.total_steps
+            )
+            doc.message = f"Generated {len(event.image_ids)} image(s)"
+        case JobFailed():
+            doc.status = "failed"
+            doc.error = event.reason
+            doc.completed_at = event.occurred_at
+            doc.progress = Progress(failed=True, step=progress.step, total_steps=progress.total_steps)
+            doc.message = f"Failed: {event.reason}"
+        case JobCancelled():
+            doc.status = "cancelled"
+            doc.completed_at = event.occurred_at
+            doc.progress = Progress(step=progress.step, total_steps=progress.total_steps)
+            doc.message = f"Cancelled: {event.reason}"
+        case JobCancelRequested():
+            doc.message = "Cancellation requested"
+        case JobStalled():
+            doc.message = f"Worker silent for {event.silent_seconds:.0f}s on attempt {event.attempt}"
+        case JobRequeued():
+            doc.status = "pending"
+            doc.attempts = max(doc.attempts, event.attempt)
+            doc.progress = Progress(preparing=True, total_steps=doc.settings.num_inference_steps)
+            doc.message = f"Requeued for attempt {event.attempt}: {event.reason}"
+        case _:
+            return None
+    return _touched(doc, event)
+
+
+def _touched(doc: JobDocument, event: Event) -> JobDocument:
+    doc.updated_at = max(doc.updated_at, event.occurred_at)
+    return doc

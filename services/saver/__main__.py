@@ -1,0 +1,3 @@
+from services.saver.main import run
+
+run()

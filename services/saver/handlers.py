@@ -1,0 +1,88 @@
+"""The saver's effects."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+import structlog
+
+from schemas.events import Event, ImageGenerated, ImageSaved, JobCompleted, JobFailed
+from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
+from schemas.layout import DataLayout, image_id
+from services.files import write_atomic
+
+log = structlog.get_logger("saver")
+_encoder = msgspec.json.Encoder()
+_doc_decoder = msgspec.json.Decoder(JobDocument)
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> None: ...
+
+
+def _job_document(layout: DataLayout, job_id: str) -> JobDocument | None:
+    try:
+        return _doc_decoder.decode(layout.job(job_id).read_bytes())
+    except (FileNotFoundError, msgspec.MsgspecError):
+        return None
+
+
+def stale_reason(doc: JobDocument | None, event: ImageGenerated) -> str | None:
+    """Why this image must not be saved: its job already ended, or a newer attempt owns it."""
+    if doc is None:
+        return None
+    if doc.status in TERMINAL_STATUSES and doc.status != "completed":
+        return f"job is {doc.status}"
+    if doc.status == "completed" and any(image.id == event.image_id for image in doc.images):
+        return "image already saved"
+    if event.attempt < doc.attempts:
+        return f"attempt {event.attempt} was superseded by attempt {doc.attempts}"
+    return None
+
+
+def write_image(layout: DataLayout, event: ImageGenerated) -> ImageRecord:
+    """PNG first, then the sidecar: a sidecar on disk means its image is complete."""
+    created = event.job_created_at
+    file_path = layout.image_file_path(created, event.image_id)
+    record = ImageRecord(
+        id=event.image_id,
+        file_path=file_path,
+        created_at=datetime.now(UTC),
+        width=event.width,
+        height=event.height,
+        size_bytes=len(event.png),
+        metadata=event.metadata,
+    )
+    write_atomic(layout.image(file_path), event.png)
+    write_atomic(layout.sidecar(file_path), _encoder.encode(record))
+    return record
+
+
+def all_images_saved(layout: DataLayout, event: ImageGenerated) -> list[str] | None:
+    """The job's image ids when every sidecar is on disk, else None."""
+    created = event.job_created_at
+    ids = [image_id(event.job_id, n) for n in range(1, event.total_images + 1)]
+    if all(layout.sidecar(layout.image_file_path(created, i)).exists() for i in ids):
+        return ids
+    return None
+
+
+async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout) -> None:
+    """Write the image durably, announce it, and complete the job when its last image is in."""
+    reason = stale_reason(await asyncio.to_thread(_job_document, layout, event.job_id), event)
+    if reason is not None:
+        log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
+        return
+    record = await asyncio.to_thread(write_image, layout, event)
+    await bus.publish(ImageSaved(job_id=event.job_id, image=record))
+    ids = await asyncio.to_thread(all_images_saved, layout, event)
+    if ids is not None:
+        await bus.publish(JobCompleted(job_id=event.job_id, image_ids=ids, attempt=event.attempt))
+
+
+async def fail_job(event: ImageGenerated, error: Exception, *, bus: Publisher) -> None:
+    """An image that cannot be written (disk full, unwritable folder) fails its job with the reason."""
+    await bus.publish(JobFailed(job_id=event.job_id, reason=f"saving image {event.image_number} failed: {error}", attempt=event.attempt))

@@ -1,0 +1,79 @@
+"""Session-wide private RabbitMQ, and per-test namespaces and data directories."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.broker import PrivateBroker
+from schemas.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real RabbitMQ for the whole session: ours, on a free loopback port (or DARKROOM_TEST_AMQP_URL)."""
+    if os.environ.get("DARKROOM_TEST_AMQP_URL"):
+        yield os.environ["DARKROOM_TEST_AMQP_URL"]
+        return
+    broker = PrivateBroker(tmp_path_factory.mktemp("rabbitmq"), name="darkroom-test").start()
+    try:
+        yield broker.url
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in tiny model, built once per session and copied into each data dir that needs it."""
+    from pipelines.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "var"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def settings(amqp_url: str, data_dir: Path) -> Settings:
+    """Settings for one test: its own namespace (exchanges and queues) and its own data dir."""
+    return Settings(
+        data_dir=str(data_dir),
+        amqp_url=amqp_url,
+        namespace=f"t{secrets.token_hex(4)}",
+        config_path=str(data_dir / "darkroom.toml"),
+        progress_rate=100.0,
+    )
+
+
+@pytest.fixture
+def with_tiny_model(settings: Settings, tiny_model: Path) -> Settings:
+    shutil.copytree(tiny_model, Path(settings.data_dir) / "models" / "tiny-sd")
+    return settings
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator:
+    from tests.support import connect, drop_namespace
+
+    connection = await connect(settings)
+    try:
+        yield connection
+    finally:
+        await drop_namespace(connection)
+        await connection.close()
+
+
+@pytest.fixture
+async def tap(bus):
+    from tests.support import EventTap
+
+    return await EventTap(bus).start()

@@ -1,0 +1,66 @@
+"""DARKROOM_* settings: defaults that work on a laptop, and bad values named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from schemas.catalog import CatalogError, parse_catalog
+from schemas.settings import Settings, SettingsError, parse_size
+from services.styles import UnknownStyle, enrich_prompt
+
+
+def test_defaults_bind_loopback_port_8000_and_var():
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port, settings.data_dir, settings.amqp_url) == ("127.0.0.1", 8000, "./var", None)
+
+
+def test_values_are_read_and_converted():
+    settings = Settings.from_env({"DARKROOM_PORT": "9000", "DARKROOM_MEMORY_BUDGET": "2GiB", "DARKROOM_HOST": "0.0.0.0"})
+    assert (settings.port, settings.memory_budget, settings.host) == (9000, 2 * 1024**3, "0.0.0.0")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DARKROOM_PORT": "eighty"}, "DARKROOM_PORT must be a whole number, got 'eighty'"),
+    ({"DARKROOM_MEMORY_BUDGET": "lots"}, "DARKROOM_MEMORY_BUDGET must be a size"),
+    ({"DARKROOM_LOG_FORMAT": "xml"}, "log_format"),
+])
+def test_bad_values_are_named(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_sizes():
+    assert parse_size("x", "512MB") == 512 * 1000**2
+    assert parse_size("x", "1.5GiB") == int(1.5 * 1024**3)
+    assert parse_size("x", "4096") == 4096
+
+
+def test_catalog_resolves_relative_sources_and_keeps_hub_ids():
+    catalog = parse_catalog(
+        '[models.local]\nsource = "./models/sd15"\n[models.hub]\nsource = "stabilityai/sd-turbo"\n',
+        Path("/etc/darkroom/darkroom.toml"), Path("/srv/var"),
+    )
+    assert catalog.models["local"].source == "/etc/darkroom/models/sd15"
+    assert catalog.models["hub"].source == "stabilityai/sd-turbo"
+    assert catalog.models["tiny-sd"].source == "/srv/var/models/tiny-sd"
+    assert catalog.default == "tiny-sd"
+
+
+def test_catalog_errors_say_where():
+    with pytest.raises(CatalogError, match="darkroom.toml"):
+        parse_catalog('[models.x]\nsource = "a"\nwidth = 3\n', Path("darkroom.toml"), Path("var"))
+    with pytest.raises(CatalogError, match="default model 'nope' is not in"):
+        parse_catalog('default = "nope"\n', Path("darkroom.toml"), Path("var"))
+
+
+def test_styles_wrap_the_prompt_and_add_negatives():
+    from schemas.catalog import DEFAULT_STYLES
+
+    prompt, negative = enrich_prompt("a castle on a hill", "people", "fantasy", DEFAULT_STYLES)
+    assert prompt.startswith("a castle on a hill, epic fantasy")
+    assert negative == "people, modern, blurry, low quality"
+    assert enrich_prompt("as is", None, None, DEFAULT_STYLES) == ("as is", None)
+    with pytest.raises(UnknownStyle, match="valid styles: anime"):
+        enrich_prompt("x", None, "noir", DEFAULT_STYLES)

@@ -116,9 +116,10 @@ class ImageSaved(Event, tag=t.IMAGE_SAVED, kw_only=True):
 
 
 class JobCompleted(Event, tag=t.JOB_COMPLETED, kw_only=True):
-    """Every image of the job is saved."""
+    """Every image of the job is saved; `images` lists them all, in order."""
 
     image_ids: list[str]
+    images: list[ImageRecord] = []
     attempt: int = 1
 
 

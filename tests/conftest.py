@@ -14,6 +14,14 @@ from ops.broker import PrivateBroker
 from schemas.settings import Settings
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plain_logs() -> None:
+    """Service logs as JSON lines in test output (tracebacks as plain text, not boxes)."""
+    from services.logs import configure
+
+    configure(Settings(log_format="json", log_level="info"), "test")
+
+
 @pytest.fixture(scope="session")
 def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real RabbitMQ for the whole session: ours, on a free loopback port (or DARKROOM_TEST_AMQP_URL)."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 from litestar.response import File, Redirect
 
 from schemas.api import (
@@ -41,7 +42,7 @@ class JobRoutes(Controller):
     tags = ["jobs"]
 
     @post("/", status_code=202, summary="Submit a generation job")
-    async def create(self, ctx: Ingress, data: JobRequest, request: Request) -> Response[JobCreated]:
+    async def create(self, ctx: NamedDependency[Ingress], data: JSONBody[JobRequest]) -> Response[JobCreated]:
         """Validate and queue a job. Answers 202 once the job is durable; poll `status_url`."""
         doc = await handlers.submit_job(ctx, data)
         status_url = f"/v1/jobs/{doc.id}"
@@ -55,7 +56,7 @@ class JobRoutes(Controller):
         return Response(body, status_code=202, headers={"Location": status_url})
 
     @get("/{job_id:str}", summary="A job's status, progress and images")
-    async def read(self, ctx: Ingress, job_id: str) -> Response[JobDocument]:
+    async def read(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> Response[JobDocument]:
         return Response(content=await asyncio.to_thread(handlers.read_job_bytes, ctx, job_id), media_type=JSON)
 
 
@@ -64,18 +65,18 @@ class ImageRoutes(Controller):
     tags = ["images"]
 
     @get("/{image_id:str}", summary="Download an image (PNG)", media_type="image/png")
-    async def read(self, ctx: Ingress, image_id: str) -> File:
+    async def read(self, ctx: NamedDependency[Ingress], image_id: FromPath[str]) -> File:
         png, _ = await asyncio.to_thread(handlers.image_paths, ctx, image_id)
         return File(path=png, media_type="image/png", filename=f"{image_id}.png", content_disposition_type="inline")
 
     @get("/{image_id:str}/metadata", summary="How an image was made")
-    async def metadata(self, ctx: Ingress, image_id: str) -> ImageMetadata:
+    async def metadata(self, ctx: NamedDependency[Ingress], image_id: FromPath[str]) -> ImageMetadata:
         record = await asyncio.to_thread(handlers.read_image_record, ctx, image_id)
         return record.metadata
 
 
 @get("/v1/models", tags=["models"], summary="Models this installation offers")
-async def list_models(ctx: Ingress) -> ModelList:
+async def list_models(ctx: NamedDependency[Ingress]) -> ModelList:
     models = {
         entry.id: ModelInfo(
             id=entry.id,
@@ -103,7 +104,7 @@ async def list_models(ctx: Ingress) -> ModelList:
 
 
 @post("/v1/enrich", tags=["prompts"], summary="Apply a style template to a prompt", status_code=200)
-async def enrich(ctx: Ingress, data: EnrichRequest) -> EnrichResponse:
+async def enrich(ctx: NamedDependency[Ingress], data: JSONBody[EnrichRequest]) -> EnrichResponse:
     try:
         prompt, negative = enrich_prompt(data.prompt, None, data.style, ctx.catalog.styles)
     except UnknownStyle as exc:
@@ -112,7 +113,7 @@ async def enrich(ctx: Ingress, data: EnrichRequest) -> EnrichResponse:
 
 
 @get("/health", tags=["ops"], summary="Broker, data directory and worker health (503 when jobs cannot be accepted)")
-async def health(ctx: Ingress) -> Response[Health]:
+async def health(ctx: NamedDependency[Ingress]) -> Response[Health]:
     broker_ok = ctx.bus is not None and ctx.bus.connected
     data_ok = await asyncio.to_thread(os.access, ctx.layout.base, os.W_OK)
     generators = 0

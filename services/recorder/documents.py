@@ -21,7 +21,7 @@ from schemas.events import (
     ModelLoaded,
     ModelLoading,
 )
-from schemas.jobs import TERMINAL_STATUSES, JobDocument, Progress
+from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument, Progress
 
 
 def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
@@ -81,10 +81,10 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
             progress.step = progress.total_steps
             doc.message = f"Saving image {event.image_number} of {event.total_images}"
         case ImageSaved():
-            if all(image.id != event.image.id for image in doc.images):
-                doc.images = sorted([*doc.images, event.image], key=lambda image: image.metadata.image_number)
+            _add_images(doc, [event.image])
             doc.message = f"Saved image {len(doc.images)} of {doc.settings.num_images}"
         case JobCompleted():
+            _add_images(doc, event.images)
             doc.status = "completed"
             doc.completed_at = event.occurred_at
             doc.progress = Progress(
@@ -114,6 +114,13 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
         case _:
             return None
     return _touched(doc, event)
+
+
+def _add_images(doc: JobDocument, images: list[ImageRecord]) -> None:
+    known = {image.id for image in doc.images}
+    fresh = [image for image in images if image.id not in known]
+    if fresh:
+        doc.images = sorted([*doc.images, *fresh], key=lambda image: image.metadata.image_number)
 
 
 def _touched(doc: JobDocument, event: Event) -> JobDocument:

@@ -17,6 +17,7 @@ from services.files import write_atomic
 log = structlog.get_logger("saver")
 _encoder = msgspec.json.Encoder()
 _doc_decoder = msgspec.json.Decoder(JobDocument)
+_record_decoder = msgspec.json.Decoder(ImageRecord)
 
 
 class Publisher(Protocol):
@@ -61,13 +62,20 @@ def write_image(layout: DataLayout, event: ImageGenerated) -> ImageRecord:
     return record
 
 
-def all_images_saved(layout: DataLayout, event: ImageGenerated) -> list[str] | None:
-    """The job's image ids when every sidecar is on disk, else None."""
-    created = event.job_created_at
-    ids = [image_id(event.job_id, n) for n in range(1, event.total_images + 1)]
-    if all(layout.sidecar(layout.image_file_path(created, i)).exists() for i in ids):
-        return ids
-    return None
+def all_images_saved(layout: DataLayout, event: ImageGenerated) -> list[ImageRecord] | None:
+    """Every image record of the job when all sidecars are on disk, else None.
+
+    Images of one job are saved concurrently; whichever save finds the set complete completes
+    the job (both may: job.completed is idempotent).
+    """
+    records = []
+    for number in range(1, event.total_images + 1):
+        sidecar = layout.sidecar(layout.image_file_path(event.job_created_at, image_id(event.job_id, number)))
+        try:
+            records.append(_record_decoder.decode(sidecar.read_bytes()))
+        except FileNotFoundError:
+            return None
+    return records
 
 
 async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout) -> None:
@@ -78,9 +86,11 @@ async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayou
         return
     record = await asyncio.to_thread(write_image, layout, event)
     await bus.publish(ImageSaved(job_id=event.job_id, image=record))
-    ids = await asyncio.to_thread(all_images_saved, layout, event)
-    if ids is not None:
-        await bus.publish(JobCompleted(job_id=event.job_id, image_ids=ids, attempt=event.attempt))
+    records = await asyncio.to_thread(all_images_saved, layout, event)
+    if records is not None:
+        await bus.publish(JobCompleted(
+            job_id=event.job_id, image_ids=[r.id for r in records], images=records, attempt=event.attempt
+        ))
 
 
 async def fail_job(event: ImageGenerated, error: Exception, *, bus: Publisher) -> None:

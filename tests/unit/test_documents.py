@@ -74,6 +74,13 @@ def test_a_job_goes_pending_processing_completed_with_cyberimage_flags():
     assert doc.message == "Generated 2 image(s)" and doc.updated_at == at(4)
 
 
+def test_completion_carries_images_whose_saved_events_arrive_late():
+    doc = apply_event(accepted(), ImageSaved(job_id=JOB, image=record(1), occurred_at=at(1)))
+    doc = apply_event(doc, JobCompleted(job_id=JOB, image_ids=[f"{JOB}_1", f"{JOB}_2"], images=[record(1), record(2)], occurred_at=at(2)))
+    assert [image.id for image in doc.images] == [f"{JOB}_1", f"{JOB}_2"]
+    assert apply_event(doc, ImageSaved(job_id=JOB, image=record(2), occurred_at=at(3))) is None
+
+
 def test_a_finished_job_ignores_late_progress_and_results():
     doc = accepted()
     doc = apply_event(doc, JobFailed(job_id=JOB, reason="out of memory", occurred_at=at(1)))

@@ -1,0 +1,29 @@
+# Darkroom's everyday commands. Get `just` with: pip install rust-just
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+
+# List the commands
+default:
+    @just --list
+
+# Start RabbitMQ, every service and the API (Ctrl-C stops everything)
+run: setup
+    {{venv}}/bin/darkroom run
+
+# Run every test tier: unit, integration (real RabbitMQ, files, diffusers), e2e (the whole stack)
+test *args: setup
+    {{venv}}/bin/pytest tests {{args}}
+
+# Only the unit tier (no I/O, a few seconds)
+test-unit *args: setup
+    {{venv}}/bin/pytest tests/unit {{args}}
+
+# Create the virtualenv and install what is missing (idempotent, quick when done)
+setup:
+    ops/setup.sh
+
+# Regenerate the committed JSON Schema of the events
+schema: setup
+    {{venv}}/bin/darkroom schema > schemas/events.schema.json

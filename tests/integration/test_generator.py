@@ -1,0 +1,111 @@
+"""The generator on the real tiny diffusers model, through the real broker."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+
+import aio_pika
+from PIL import Image
+
+from pipelines.png import read_png_text
+from schemas.events import (
+    GenerateImages,
+    ImageGenerated,
+    JobCancelled,
+    JobCancelRequested,
+    JobFailed,
+    JobProgressed,
+    JobStarted,
+    ModelLoaded,
+    ModelLoading,
+)
+from schemas.jobs import GenerationSettings, JobSpec
+from services.generator.main import main as generator_main
+from tests.integration.test_bus import dead_letters
+from tests.support import running
+
+CREATED = datetime(2026, 3, 20, 10, 30, tzinfo=UTC)
+
+
+def command(job_id: str, *, seed: int = 7, images: int = 1, model: str = "tiny-sd", width: int = 64, steps: int = 4) -> GenerateImages:
+    settings = GenerationSettings(num_images=images, num_inference_steps=steps, guidance_scale=7.5, width=width, height=64, seed=seed)
+    return GenerateImages(job_id=job_id, created_at=CREATED, spec=JobSpec(prompt="a red fox", negative_prompt="blur", model=model, settings=settings))
+
+
+async def test_a_job_runs_with_progress_and_yields_decodable_pngs(with_tiny_model, bus, tap):
+    async with running(generator_main, with_tiny_model, "generator", bus):
+        await bus.send(command("job-a", images=2, width=96))
+        images = await tap.wait(ImageGenerated, "job-a", count=2)
+    started = tap.of(JobStarted, "job-a")
+    steps = [event.step for event in tap.of(JobProgressed, "job-a")]
+    assert len(started) == 1 and started[0].attempt == 1
+    assert steps == [1, 2, 3, 4], "every step reported (rate limit above the step rate here)"
+    assert tap.events.index(started[0]) < tap.events.index(images[0])
+    for number, event in enumerate(images, start=1):
+        assert (event.image_number, event.total_images, event.image_id) == (number, 2, f"job-a_{number}")
+        with Image.open(io.BytesIO(event.png)) as image:
+            image.load()
+            assert image.size == (96, 64) and image.mode == "RGB"
+        text = read_png_text(event.png)
+        assert text["parameters"].startswith("a red fox\nNegative prompt: blur\nSteps: 4,")
+        assert f"Seed: {6 + number}, Size: 96x64, Model: tiny-sd" in text["parameters"]
+        assert json.loads(text["darkroom"])["seed"] == 6 + number
+        assert event.metadata.seed == 6 + number and event.metadata.generation_time > 0
+
+
+async def test_same_seed_and_settings_give_the_same_png_bytes(with_tiny_model, bus, tap):
+    async with running(generator_main, with_tiny_model, "generator", bus):
+        for job in ("same-1", "same-2", "other-seed"):
+            await bus.send(command(job, seed=99 if job != "other-seed" else 100))
+        first, second, other = [(await tap.wait(ImageGenerated, job))[0].png for job in ("same-1", "same-2", "other-seed")]
+    assert first == second
+    assert first != other
+
+
+async def test_the_model_is_loaded_once_and_kept_warm(with_tiny_model, bus, tap):
+    async with running(generator_main, with_tiny_model, "generator", bus):
+        for job in ("warm-1", "warm-2", "warm-3"):
+            await bus.send(command(job))
+        await tap.wait(ImageGenerated, "warm-3")
+    loads = tap.of(ModelLoaded)
+    assert len(loads) == 1 and loads[0].job_id == "" and loads[0].bytes > 0, "loaded once, at start"
+    assert not tap.of(ModelLoading, "warm-1") and not tap.of(ModelLoading, "warm-3")
+
+
+async def test_an_unknown_model_fails_the_job_with_the_valid_ids(with_tiny_model, bus, tap):
+    async with running(generator_main, with_tiny_model, "generator", bus):
+        await bus.send(command("bad-model", model="vanished"))
+        [failed] = await tap.wait(JobFailed, "bad-model")
+    assert failed.reason == "unknown model 'vanished'; valid models: tiny-sd"
+
+
+async def test_invalid_settings_fail_before_any_gpu_work(with_tiny_model, bus, tap):
+    async with running(generator_main, with_tiny_model, "generator", bus):
+        await bus.send(command("bad-size", width=100))
+        [failed] = await tap.wait(JobFailed, "bad-size")
+    assert failed.reason == "settings.width must be a multiple of 8, got 100"
+    assert not tap.of(JobProgressed, "bad-size")
+
+
+async def test_a_job_cancelled_while_queued_never_runs(with_tiny_model, bus, tap):
+    async with running(generator_main, with_tiny_model, "generator", bus):
+        await bus.publish(JobCancelRequested(job_id="cancel-me"))
+        await tap.wait(JobCancelRequested, "cancel-me")
+        await bus.send(command("cancel-me"))
+        [cancelled] = await tap.wait(JobCancelled, "cancel-me")
+    assert cancelled.reason == "cancelled while queued"
+    assert not tap.of(JobStarted, "cancel-me") and not tap.of(ImageGenerated, "cancel-me")
+
+
+async def test_garbage_commands_are_dead_lettered_and_the_generator_keeps_working(with_tiny_model, bus, tap):
+    async with running(generator_main, with_tiny_model, "generator", bus) as task:
+        channel = await bus.connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(bus.topology.commands, ensure=False)
+        await exchange.publish(aio_pika.Message(b'{"type":"generate_images"}'), routing_key="generate_images")
+        await bus.send(command("after-garbage"))
+        await tap.wait(ImageGenerated, "after-garbage")
+        assert not task.done()
+    [letter] = await dead_letters(bus, 1)
+    assert "undecodable" in letter.headers["x-darkroom-reason"]

@@ -1,0 +1,118 @@
+"""The REST ingress against the real broker and real files."""
+
+from __future__ import annotations
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from schemas.events import JobAccepted
+from schemas.layout import DataLayout
+from schemas.settings import Settings
+from services.ingress.app import create_app
+from tests.support import wait_for
+
+
+@pytest.fixture
+async def client(settings, bus):
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        await wait_for(lambda: client.app.state.ctx.bus is not None, what="ingress connected")
+        yield client
+
+
+async def test_submit_is_durable_and_readable_at_once(client, settings, tap):
+    answer = await client.post("/v1/jobs", json={"prompt": "a red fox", "settings": {"width": 64, "height": 64, "seed": 5}})
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body["status"] == "pending" and body["status_url"] == f"/v1/jobs/{body['id']}" and body["num_images"] == 1
+    assert answer.headers["location"] == body["status_url"]
+    # No 404 right after the 202: the document was on disk before the answer.
+    job = (await client.get(body["status_url"])).json()
+    assert job["status"] == "pending" and job["prompt"] == "a red fox" and job["progress"]["preparing"] is True
+    assert job["settings"] == {"num_images": 1, "num_inference_steps": 8, "guidance_scale": 7.5, "width": 64,
+                               "height": 64, "seed": 5, "sampler": None}
+    [accepted] = await tap.wait(JobAccepted, body["id"])
+    assert accepted.spec.settings.seed == 5 and accepted.spec.model == "tiny-sd"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"prompt": "x", "settings": {"num_images": 9}}, "settings.num_images: Expected `int` <= 8"),
+        ({"prompt": "x", "settings": {"num_images": 0}}, "settings.num_images: Expected `int` >= 1"),
+        ({"prompt": "x", "settings": {"width": 100}}, "settings.width must be a multiple of 8, got 100"),
+        ({"prompt": "x", "settings": {"width": "wide"}}, "settings.width: Expected `int | null`, got `str`"),
+        ({"prompt": "x", "steps": 3}, "Object contains unknown field `steps`"),
+        ({"prompt": "x", "model": "nope"}, "model: unknown model 'nope'; valid models: tiny-sd"),
+        ({"negative_prompt": "x"}, "Object missing required field `prompt`"),
+        ({"prompt": "x" * 501}, "prompt is 501 characters; the limit is 500"),
+        ({"prompt": "x", "settings": {"guidance_scale": -1}}, "settings.guidance_scale: Expected `float` >= 0.0"),
+    ],
+)
+async def test_bad_requests_get_400_naming_the_field(client, settings, payload, message):
+    answer = await client.post("/v1/jobs", json=payload)
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {"status": "error", "message": answer.json()["message"]}
+    assert message in answer.json()["message"]
+    assert not list(DataLayout(settings.data_dir).jobs_dir.glob("*.json")), "nothing accepted"
+
+
+async def test_malformed_json_is_a_400(client):
+    answer = await client.post("/v1/jobs", content=b"{nope", headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["status"] == "error" and "malformed" in answer.json()["message"]
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/jobs/0c907066-985e-467b-8d11-07419060ef91",
+    "/v1/jobs/not-a-uuid",
+    "/v1/jobs/..%2F..%2Fetc%2Fpasswd",
+    "/v1/images/0c907066-985e-467b-8d11-07419060ef91_1",
+    "/v1/images/..%2Fjobs%2Fx",
+    "/v1/images/0c907066-985e-467b-8d11-07419060ef91_1/metadata",
+])
+async def test_unknown_and_malformed_ids_are_404(client, path):
+    answer = await client.get(path)
+    assert answer.status_code == 404
+    assert answer.json()["status"] == "error"
+    assert "not found" in answer.json()["message"] or "no such endpoint" in answer.json()["message"]
+
+
+async def test_models_in_cyberimage_shape_with_default(client):
+    body = (await client.get("/v1/models")).json()
+    assert body["default"] == "tiny-sd"
+    tiny = body["models"]["tiny-sd"]
+    assert tiny["id"] == "tiny-sd" and tiny["description"]
+    assert tiny["limits"]["max_width"] == 1024 and tiny["defaults"]["width"] == 256
+
+
+async def test_health_reports_broker_and_workers(client):
+    answer = await client.get("/health")
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "degraded", "broker": "connected", "data_dir": "writable", "generators": 0}
+
+
+async def test_broker_down_means_503_with_retry_after_and_nothing_kept(data_dir):
+    from ops.broker import free_port
+
+    settings = Settings(data_dir=str(data_dir), amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        answer = await client.post("/v1/jobs", json={"prompt": "a red fox"})
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert "broker is unreachable" in answer.json()["message"]
+        health = await client.get("/health")
+        assert health.status_code == 503 and health.json()["broker"] == "unreachable"
+    assert not list((data_dir / "jobs").glob("*.json"))
+
+
+async def test_enrich_previews_a_style(client):
+    answer = await client.post("/v1/enrich", json={"prompt": "a castle on a hill", "style": "fantasy"})
+    assert answer.status_code == 200
+    assert answer.json()["enriched_prompt"].startswith("a castle on a hill, epic fantasy")
+    bad = await client.post("/v1/enrich", json={"prompt": "x", "style": "noir"})
+    assert bad.status_code == 400 and "valid styles" in bad.json()["message"]
+
+
+async def test_openapi_and_docs_are_served(client):
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/v1/jobs" in schema["paths"] and "/v1/images/{image_id}" in schema["paths"]
+    docs = await client.get("/docs", follow_redirects=True)
+    assert docs.status_code == 200 and "<html" in docs.text.lower()

@@ -14,7 +14,7 @@ run: setup
 
 # Run every test tier: unit, integration (real RabbitMQ, files, diffusers), e2e (the whole stack)
 test *args: setup
-    {{venv}}/bin/pytest tests {{args}}
+    {{venv}}/bin/pytest {{args}}
 
 # Only the unit tier (no I/O, a few seconds)
 test-unit *args: setup

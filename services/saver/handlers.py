@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -65,8 +67,7 @@ def write_image(layout: DataLayout, event: ImageGenerated) -> ImageRecord:
 def all_images_saved(layout: DataLayout, event: ImageGenerated) -> list[ImageRecord] | None:
     """Every image record of the job when all sidecars are on disk, else None.
 
-    Images of one job are saved concurrently; whichever save finds the set complete completes
-    the job (both may: job.completed is idempotent).
+    With several saver processes, two may both find the set complete: job.completed is idempotent.
     """
     records = []
     for number in range(1, event.total_images + 1):
@@ -78,19 +79,41 @@ def all_images_saved(layout: DataLayout, event: ImageGenerated) -> list[ImageRec
     return records
 
 
-async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout) -> None:
+class JobLocks:
+    """One lock per job being saved: a job's images are saved one after another (jobs still run
+    side by side), so that job.completed always follows the last image.saved."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, job_id: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(job_id, asyncio.Lock())
+        self._users[job_id] = self._users.get(job_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[job_id] -= 1
+            if not self._users[job_id]:
+                del self._users[job_id], self._locks[job_id]
+
+
+async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout, locks: JobLocks) -> None:
     """Write the image durably, announce it, and complete the job when its last image is in."""
-    reason = stale_reason(await asyncio.to_thread(_job_document, layout, event.job_id), event)
-    if reason is not None:
-        log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
-        return
-    record = await asyncio.to_thread(write_image, layout, event)
-    await bus.publish(ImageSaved(job_id=event.job_id, image=record))
-    records = await asyncio.to_thread(all_images_saved, layout, event)
-    if records is not None:
-        await bus.publish(JobCompleted(
-            job_id=event.job_id, image_ids=[r.id for r in records], images=records, attempt=event.attempt
-        ))
+    async with locks.hold(event.job_id):
+        reason = stale_reason(await asyncio.to_thread(_job_document, layout, event.job_id), event)
+        if reason is not None:
+            log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
+            return
+        record = await asyncio.to_thread(write_image, layout, event)
+        await bus.publish(ImageSaved(job_id=event.job_id, image=record))
+        records = await asyncio.to_thread(all_images_saved, layout, event)
+        if records is not None:
+            await bus.publish(JobCompleted(
+                job_id=event.job_id, image_ids=[r.id for r in records], images=records, attempt=event.attempt
+            ))
 
 
 async def fail_job(event: ImageGenerated, error: Exception, *, bus: Publisher) -> None:

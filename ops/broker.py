@@ -145,6 +145,13 @@ class PrivateBroker:
         time.sleep(0.5)
 
     def start(self, timeout: float = 60.0) -> PrivateBroker:
+        """Start the node and return once it accepts AMQP connections."""
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the node without waiting for it (so that other work can overlap its ~8 s boot)."""
         ensure_installed()
         self._kill_stale()
         if port_open(self.port):
@@ -160,6 +167,11 @@ class PrivateBroker:
             [str(SERVER)], env=env, stdout=log, stderr=log, start_new_session=True, cwd=self.base
         )
         (self.base / "pids").write_text(f"{self.server.pid} {self.epmd.pid}\n")
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the launched node accepts AMQP connections; stop it and raise if it cannot."""
+        assert self.server is not None, "launch() first"
+        env = self._env()
         deadline = time.monotonic() + timeout
         while not port_open(self.port):
             if self.server.poll() is not None:
@@ -177,7 +189,6 @@ class PrivateBroker:
         if result.returncode != 0:
             self.stop()
             raise BrokerError(f"RabbitMQ did not finish starting: {result.stderr.strip()[-500:]}")
-        return self
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the node (it stops cleanly), then epmd."""

@@ -120,16 +120,9 @@ def run(settings: Settings) -> int:
 
     started = time.monotonic()
     env = {**os.environ, "DARKROOM_DATA_DIR": str(data)}
-    broker = None
-    if not settings.amqp_url:
-        try:
-            broker = PrivateBroker(data / "rabbitmq", settings.broker_port).start()
-        except BrokerError as exc:
-            log.error("cannot start RabbitMQ", error=str(exc))
-            return 1
+    broker = PrivateBroker(data / "rabbitmq", settings.broker_port) if not settings.amqp_url else None
+    if broker is not None:
         env["DARKROOM_AMQP_URL"] = broker.url
-        log.info("broker started", url=broker.url, seconds=round(time.monotonic() - started, 1))
-
     supervisor = Supervisor(settings, env)
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -140,6 +133,14 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
+        if broker is not None:
+            broker.launch()
+        # Services start while the broker boots: their imports and model loading overlap its
+        # ~8 s start, and they retry their connection until it answers.
+        supervisor.watch()
+        if broker is not None:
+            broker.wait_ready()
+            log.info("broker started", url=broker.url, seconds=round(time.monotonic() - started, 1))
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         health = f"http://{host}:{settings.port}/health"
         if wait_healthy(health, 180, supervisor):
@@ -154,6 +155,9 @@ def run(settings: Settings) -> int:
         while not supervisor.stopping:
             supervisor.watch()
             time.sleep(0.2)
+    except BrokerError as exc:
+        log.error("cannot start RabbitMQ", error=str(exc))
+        return 1
     finally:
         supervisor.stop()
         if broker is not None:

@@ -80,6 +80,7 @@ class Bus:
     async def connect(cls, url: str, topology: Topology, *, name: str, timeout: float = 30.0) -> Bus:
         """Connect (retrying until `timeout`), open channels and declare the whole topology."""
         deadline = asyncio.get_running_loop().time() + timeout
+        waiting_logged = False
         while True:
             try:
                 connection = await aio_pika.connect_robust(
@@ -89,7 +90,10 @@ class Bus:
             except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     raise BrokerUnavailable(f"cannot reach RabbitMQ at {_redact(url)}: {exc}") from exc
-                await asyncio.sleep(0.5)
+                if not waiting_logged:
+                    log.info("waiting for the broker", url=_redact(url))
+                    waiting_logged = True
+                await asyncio.sleep(0.25)
         bus = cls(connection, topology)
         await bus.open()
         return bus

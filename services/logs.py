@@ -43,5 +43,9 @@ def configure(settings: Settings, service: str) -> structlog.stdlib.BoundLogger:
     root.setLevel(max(level, logging.INFO) if level < logging.WARNING else level)
     for noisy in ("aio_pika", "aiormq", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # aiormq logs an error for every failed connection attempt; Bus.connect retries and reports.
+    logging.getLogger("aiormq.connection").addFilter(
+        lambda record: not record.getMessage().startswith("error when creating transport")
+    )
     structlog.contextvars.bind_contextvars(service=service)
     return structlog.get_logger(service)

@@ -14,6 +14,7 @@ from pipelines.loader import ModelCache, ModelLoadError
 from pipelines.tiny import ensure_tiny_model
 from schemas import topology
 from schemas.catalog import TINY_MODEL_ID
+from schemas.events import ModelLoaded
 from schemas.settings import Settings
 from services import runtime
 from services.bus import command_decoder
@@ -26,22 +27,29 @@ log = structlog.get_logger(STAGE)
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     catalog = runtime.catalog(settings)
     cache = ModelCache(settings.memory_budget, settings.device)
-    tiny = catalog.models[TINY_MODEL_ID]
-    await asyncio.to_thread(ensure_tiny_model, Path(tiny.source))
+    await asyncio.to_thread(ensure_tiny_model, Path(catalog.models[TINY_MODEL_ID].source))
+    # Warm the default model before connecting: the load overlaps the broker's start, and the
+    # first job does not pay for it.
+    default = catalog.model(None)
+    try:
+        warm, _ = await asyncio.to_thread(cache.load, default)
+        log.info("model warm", model=default.id, device=str(warm.device), seconds=round(warm.load_seconds, 2))
+    except ModelLoadError as exc:
+        # Not fatal: jobs for other models still run; jobs for this one fail with the reason.
+        warm = None
+        log.error("default model failed to load", error=str(exc))
     async with runtime.connected(settings, STAGE) as bus:
         worker = Worker(
             bus=bus, catalog=catalog, cache=cache,
             worker_id=f"{socket.gethostname()}-{os.getpid()}", progress_rate=settings.progress_rate,
         )
-        # Warm the default model before taking work, so the first job does not pay for the load.
-        default = catalog.model(None)
-        try:
-            warm = await worker.model_for(default, job_id="")
-            log.info("model warm", model=default.id, device=str(warm.device), seconds=round(warm.load_seconds, 2))
-        except ModelLoadError as exc:
-            # Not fatal: jobs for other models still run; jobs for this one fail with the reason.
-            log.error("default model failed to load", error=str(exc))
-        await bus.subscribe([topology.JOB_CANCEL_REQUESTED], partial(remember_cancellation, worker=worker), name="generator-cancellations")
+        if warm is not None:
+            await bus.publish(ModelLoaded(
+                job_id="", model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
+            ))
+        await bus.subscribe(
+            [topology.JOB_CANCEL_REQUESTED], partial(remember_cancellation, worker=worker), name="generator-cancellations"
+        )
         await bus.consume(
             STAGE,
             partial(generate_images, worker=worker),

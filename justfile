@@ -20,6 +20,10 @@ test *args: setup
 test-unit *args: setup
     {{venv}}/bin/pytest tests/unit {{args}}
 
+# Measure Darkroom against its baselines: `just bench`, `just bench overhead`, `just bench --quick`
+bench *args: setup
+    {{venv}}/bin/darkroom bench {{args}}
+
 # Create the virtualenv and install what is missing (idempotent, quick when done)
 setup:
     ops/setup.sh

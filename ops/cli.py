@@ -33,11 +33,35 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+    from pathlib import Path
+
+    from ops.bench.harness import CASES, run_cases
+    import ops.bench.cases  # noqa: F401  (registers the cases)
+
+    names = args.cases or [name for name in CASES if name in DEFAULT_CASES]
+    asyncio.run(run_cases(
+        names, quick=args.quick, results_dir=Path(args.results),
+        amqp_url=os.environ.get("DARKROOM_BENCH_AMQP_URL"),
+    ))
+    return 0
+
+
+DEFAULT_CASES = ("overhead", "saturation", "memory", "ingress", "broker", "readside")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darkroom", description="Self-hosted image generation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start RabbitMQ (unless DARKROOM_AMQP_URL is set), every service and the API")
     run.set_defaults(func=cmd_run)
+    bench = sub.add_parser("bench", help="measure Darkroom against its baselines (default: every case)")
+    bench.add_argument("cases", nargs="*", help="case names (overhead, saturation, memory, ingress, broker, ...)")
+    bench.add_argument("--quick", action="store_true", help="small counts: keeps the harness working in the test suite")
+    bench.add_argument("--results", default="bench/results", help="folder for <timestamp>.json")
+    bench.set_defaults(func=cmd_bench)
     schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
     schema.set_defaults(func=cmd_schema)
     return parser

@@ -23,7 +23,6 @@ import structlog
 from ops.broker import BrokerError, PrivateBroker
 from schemas.settings import Settings
 
-SERVICES = ("recorder", "saver", "enricher", "generator", "ingress")
 STOP_GRACE = 20.0
 log = structlog.get_logger("darkroom")
 
@@ -46,10 +45,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, env: dict[str, str], services: tuple[str, ...] = SERVICES):
+    def __init__(self, settings: Settings, env: dict[str, str]):
         self.settings = settings
         self.env = env
-        self.children = [Child(name) for name in services]
+        self.children = [Child(name) for name in settings.service_list]
         self.stopping = False
 
     def start_child(self, child: Child) -> None:
@@ -93,14 +92,15 @@ class Supervisor:
                 child.process.wait()
 
 
-def wait_healthy(url: str, timeout: float, supervisor: Supervisor) -> bool:
+def wait_healthy(url: str, timeout: float, supervisor: Supervisor, need_generator: bool) -> bool:
+    """Until the API answers healthy: `ok`, or `degraded` when generators run on other machines."""
+    accepted = {"ok"} if need_generator else {"ok", "degraded"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not supervisor.stopping:
         supervisor.watch()
         try:
             with urllib.request.urlopen(url, timeout=1) as answer:
-                # Ready means accepting jobs *and* a generator consuming them.
-                if answer.status == 200 and json.loads(answer.read()).get("status") == "ok":
+                if answer.status == 200 and json.loads(answer.read()).get("status") in accepted:
                     return True
         except (OSError, ValueError):
             pass
@@ -143,7 +143,9 @@ def run(settings: Settings) -> int:
             log.info("broker started", url=broker.url, seconds=round(time.monotonic() - started, 1))
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         health = f"http://{host}:{settings.port}/health"
-        if wait_healthy(health, 180, supervisor):
+        if "ingress" not in settings.service_list:
+            log.info("services started", services=list(settings.service_list))
+        elif wait_healthy(health, 180, supervisor, need_generator="generator" in settings.service_list):
             log.info(
                 "Darkroom is ready",
                 api=f"http://{host}:{settings.port}",

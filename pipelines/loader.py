@@ -41,6 +41,15 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def configure_threads(requested: int, device: torch.device) -> int:
+    """Set torch's CPU thread count: `requested`, or on a CPU all cores but one. Returns it."""
+    import os
+
+    threads = requested or (max(1, (os.cpu_count() or 2) - 1) if device.type == "cpu" else torch.get_num_threads())
+    torch.set_num_threads(threads)
+    return threads
+
+
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     """`auto` is float16 on accelerators (half the memory, same images) and float32 on the CPU."""
     if requested == "auto":

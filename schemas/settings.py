@@ -17,6 +17,9 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 
 
+SERVICES = ("recorder", "saver", "enricher", "generator", "ingress")
+
+
 class SettingsError(ValueError):
     """A DARKROOM_* variable holds a value Darkroom cannot use; the message names it."""
 
@@ -32,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     config_path: str = "darkroom.toml"
     device: str = "auto"
+    # CPU threads torch may use; 0 = auto: on a CPU, all cores but one (the control plane keeps a
+    # core; torch with every core collapses when another process wants one).
+    torch_threads: int = 0
     # Bytes the generator may keep in warm models before it evicts the least recently used.
     memory_budget: int = 8 * 1024**3
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -42,6 +48,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     progress_rate: float = 4.0
     max_prompt_length: int = 500
     max_body_bytes: int = 20 * 1024**2
+    # Which services `darkroom run` starts on this machine (a GPU box may run only `generator`).
+    services: str = "recorder,saver,enricher,generator,ingress"
+
+    @property
+    def service_list(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.services.split(",") if name.strip())
 
     @property
     def data_path(self) -> Path:
@@ -62,9 +74,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if "memory_budget" not in values and env.get("DARKROOM_MEMORY_BUDGET_MB"):
             values["memory_budget"] = _parse("DARKROOM_MEMORY_BUDGET_MB", env["DARKROOM_MEMORY_BUDGET_MB"] + "MiB", int)
         try:
-            return msgspec.convert(values, cls)
+            settings = msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"invalid DARKROOM_* setting: {exc}") from exc
+        unknown = sorted(set(settings.service_list) - set(SERVICES))
+        if unknown:
+            raise SettingsError(f"DARKROOM_SERVICES names unknown services {unknown}; valid: {', '.join(SERVICES)}")
+        return settings
 
 
 def _parse(name: str, raw: str, kind: object) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import msgspec
@@ -20,12 +21,16 @@ async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, St
     """Apply the job's style (or pass the prompt through), record it, and queue the generation."""
     spec = event.spec
     prompt, negative = enrich_prompt(spec.prompt, spec.negative_prompt, spec.style, styles)
-    await bus.publish(JobEnriched(
-        job_id=event.job_id, prompt=prompt, negative_prompt=negative,
-        original_prompt=spec.prompt, style=spec.style,
-    ))
     enriched = msgspec.structs.replace(spec, prompt=prompt, negative_prompt=negative)
-    await bus.send(GenerateImages(job_id=event.job_id, spec=enriched, created_at=event.occurred_at))
+    # Both confirms are awaited together; job.enriched is written to the broker first, so it is
+    # queued for subscribers before the generator can start.
+    await asyncio.gather(
+        bus.publish(JobEnriched(
+            job_id=event.job_id, prompt=prompt, negative_prompt=negative,
+            original_prompt=spec.prompt, style=spec.style,
+        )),
+        bus.send(GenerateImages(job_id=event.job_id, spec=enriched, created_at=event.occurred_at)),
+    )
 
 
 async def fail_job(event: JobAccepted, error: Exception, *, bus: Publisher) -> None:

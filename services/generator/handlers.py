@@ -121,21 +121,32 @@ def render(model: LoadedModel, spec: JobSpec, reporter: ProgressReporter) -> lis
 
 async def generate_images(command: GenerateImages, *, worker: Worker) -> None:
     """Generate the job's images and publish each one; the command is acked once all are confirmed."""
-    job_id, spec, attempt = command.job_id, command.spec, command.attempt
+    job_id, attempt = command.job_id, command.attempt
     bus = worker.bus
     if worker.is_cancelled(job_id):
         await bus.publish(JobCancelled(job_id=job_id, reason="cancelled while queued"))
         return
-    await bus.publish(JobStarted(job_id=job_id, worker=worker.id, attempt=attempt))
+    # job.started is confirmed while the work begins; it is awaited before any outcome is sent.
+    started = asyncio.ensure_future(bus.publish(JobStarted(job_id=job_id, worker=worker.id, attempt=attempt)))
+    try:
+        outcome = await _generate(command, worker)
+    finally:
+        await started
+    # Written to the broker in order (image 1 first); the confirms are awaited together.
+    await asyncio.gather(*(bus.publish(event) for event in outcome))
+
+
+async def _generate(command: GenerateImages, worker: Worker) -> list[Event]:
+    """The events that end this attempt: its images, or why there are none."""
+    job_id, spec, attempt = command.job_id, command.spec, command.attempt
     try:
         entry = worker.catalog.model(spec.model)
         model = await worker.model_for(entry, job_id)
     except (KeyError, ModelLoadError) as exc:
         reason = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-        await bus.publish(JobFailed(job_id=job_id, reason=reason, attempt=attempt))
-        return
+        return [JobFailed(job_id=job_id, reason=reason, attempt=attempt)]
     reporter = ProgressReporter(
-        loop=asyncio.get_running_loop(), publish=bus.publish_soon, job_id=job_id, attempt=attempt,
+        loop=asyncio.get_running_loop(), publish=worker.bus.publish_soon, job_id=job_id, attempt=attempt,
         total_images=spec.settings.num_images, rate=worker.progress_rate,
         cancelled=lambda: worker.is_cancelled(job_id),
     )
@@ -143,14 +154,12 @@ async def generate_images(command: GenerateImages, *, worker: Worker) -> None:
     try:
         rendered = await worker.run(render, model, spec, reporter)
     except Interrupted:
-        await bus.publish(JobCancelled(job_id=job_id, reason="cancelled while generating"))
-        return
+        return [JobCancelled(job_id=job_id, reason="cancelled while generating")]
     except InvalidRequest as exc:
-        await bus.publish(JobFailed(job_id=job_id, reason=str(exc), attempt=attempt))
-        return
+        return [JobFailed(job_id=job_id, reason=str(exc), attempt=attempt)]
     seconds = round(time.perf_counter() - started, 4)
-    for number, image in enumerate(rendered, start=1):
-        await bus.publish(ImageGenerated(
+    return [
+        ImageGenerated(
             job_id=job_id,
             image_id=image_id(job_id, number),
             image_number=number,
@@ -166,7 +175,9 @@ async def generate_images(command: GenerateImages, *, worker: Worker) -> None:
                 settings=spec.settings, seed=image.seed, image_number=number, total_images=len(rendered),
                 generation_time=seconds,
             ),
-        ))
+        )
+        for number, image in enumerate(rendered, start=1)
+    ]
 
 
 async def fail_job(command: GenerateImages, error: Exception, *, worker: Worker) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from pipelines.loader import ModelCache, ModelLoadError
+from pipelines.loader import ModelCache, ModelLoadError, configure_threads, resolve_device
 from pipelines.tiny import ensure_tiny_model
 from schemas import topology
 from schemas.catalog import TINY_MODEL_ID
@@ -27,13 +27,14 @@ log = structlog.get_logger(STAGE)
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     catalog = runtime.catalog(settings)
     cache = ModelCache(settings.memory_budget, settings.device)
+    threads = configure_threads(settings.torch_threads, resolve_device(settings.device))
     await asyncio.to_thread(ensure_tiny_model, Path(catalog.models[TINY_MODEL_ID].source))
     # Warm the default model before connecting: the load overlaps the broker's start, and the
     # first job does not pay for it.
     default = catalog.model(None)
     try:
         warm, _ = await asyncio.to_thread(cache.load, default)
-        log.info("model warm", model=default.id, device=str(warm.device), seconds=round(warm.load_seconds, 2))
+        log.info("model warm", model=default.id, device=str(warm.device), seconds=round(warm.load_seconds, 2), threads=threads)
     except ModelLoadError as exc:
         # Not fatal: jobs for other models still run; jobs for this one fail with the reason.
         warm = None

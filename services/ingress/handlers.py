@@ -18,7 +18,7 @@ from schemas.jobs import GenerationSettings, ImageRecord, JobDocument, JobSpec
 from schemas.layout import DataLayout, is_job_id, split_image_id
 from schemas.settings import Settings
 from services.bus import Bus, BrokerUnavailable
-from services.files import write_atomic
+from services.files import create_file
 from services.ingress.errors import ApiError, not_found
 
 log = structlog.get_logger("ingress")
@@ -81,9 +81,12 @@ def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, owner
 
 
 async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None) -> JobDocument:
-    """Accept a job durably: its document is on disk and the broker confirmed job.accepted.
+    """Accept a job durably: its document is written and the broker confirmed job.accepted.
 
-    If the broker cannot take the event, the document is removed again and nothing is accepted.
+    The broker's confirm is the durability point (job.accepted sits in quorum queues, fsynced by
+    RabbitMQ); the document is written first only so that GET answers at once after the 202, and
+    the recorder recreates it from job.accepted if a power cut lost it. If the broker cannot take
+    the event, the document is removed again and nothing is accepted.
     """
     spec = resolve_job(request, ctx.catalog, ctx.settings, owner)
     bus = ctx.require_bus()
@@ -91,7 +94,7 @@ async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None
     now = utcnow()
     doc = JobDocument.new(job_id, spec, now)
     path = ctx.layout.job(job_id)
-    await asyncio.to_thread(write_atomic, path, _encoder.encode(doc))
+    create_file(path, _encoder.encode(doc))
     try:
         await bus.publish(JobAccepted(job_id=job_id, occurred_at=now, spec=spec))
     except BaseException:

@@ -14,7 +14,7 @@ import structlog
 from schemas.events import Event, ImageGenerated, ImageSaved, JobCompleted, JobFailed
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
 from schemas.layout import DataLayout, image_id
-from services.files import write_atomic
+from services.files import write_atomic_many
 
 log = structlog.get_logger("saver")
 _encoder = msgspec.json.Encoder()
@@ -48,8 +48,7 @@ def stale_reason(doc: JobDocument | None, event: ImageGenerated) -> str | None:
 
 def write_image(layout: DataLayout, event: ImageGenerated) -> ImageRecord:
     """PNG first, then the sidecar: a sidecar on disk means its image is complete."""
-    created = event.job_created_at
-    file_path = layout.image_file_path(created, event.image_id)
+    file_path = layout.image_file_path(event.job_created_at, event.image_id)
     record = ImageRecord(
         id=event.image_id,
         file_path=file_path,
@@ -59,24 +58,35 @@ def write_image(layout: DataLayout, event: ImageGenerated) -> ImageRecord:
         size_bytes=len(event.png),
         metadata=event.metadata,
     )
-    write_atomic(layout.image(file_path), event.png)
-    write_atomic(layout.sidecar(file_path), _encoder.encode(record))
+    write_atomic_many([(layout.image(file_path), event.png), (layout.sidecar(file_path), _encoder.encode(record))])
     return record
 
 
-def all_images_saved(layout: DataLayout, event: ImageGenerated) -> list[ImageRecord] | None:
+def all_images_saved(layout: DataLayout, event: ImageGenerated, saved: ImageRecord) -> list[ImageRecord] | None:
     """Every image record of the job when all sidecars are on disk, else None.
 
     With several saver processes, two may both find the set complete: job.completed is idempotent.
     """
     records = []
     for number in range(1, event.total_images + 1):
+        if number == event.image_number:
+            records.append(saved)
+            continue
         sidecar = layout.sidecar(layout.image_file_path(event.job_created_at, image_id(event.job_id, number)))
         try:
             records.append(_record_decoder.decode(sidecar.read_bytes()))
         except FileNotFoundError:
             return None
     return records
+
+
+def store_image(layout: DataLayout, event: ImageGenerated) -> tuple[str | None, ImageRecord | None, list[ImageRecord] | None]:
+    """In one trip to a worker thread: (why not saved, the record, every record if the job is complete)."""
+    reason = stale_reason(_job_document(layout, event.job_id), event)
+    if reason is not None:
+        return reason, None, None
+    record = write_image(layout, event)
+    return None, record, all_images_saved(layout, event, record)
 
 
 class JobLocks:
@@ -103,17 +113,17 @@ class JobLocks:
 async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout, locks: JobLocks) -> None:
     """Write the image durably, announce it, and complete the job when its last image is in."""
     async with locks.hold(event.job_id):
-        reason = stale_reason(await asyncio.to_thread(_job_document, layout, event.job_id), event)
+        reason, record, records = await asyncio.to_thread(store_image, layout, event)
         if reason is not None:
             log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
             return
-        record = await asyncio.to_thread(write_image, layout, event)
-        await bus.publish(ImageSaved(job_id=event.job_id, image=record))
-        records = await asyncio.to_thread(all_images_saved, layout, event)
-        if records is not None:
-            await bus.publish(JobCompleted(
-                job_id=event.job_id, image_ids=[r.id for r in records], images=records, attempt=event.attempt
-            ))
+        saved = ImageSaved(job_id=event.job_id, image=record)
+        if records is None:
+            await bus.publish(saved)
+            return
+        completed = JobCompleted(job_id=event.job_id, image_ids=[r.id for r in records], images=records, attempt=event.attempt)
+        # image.saved is written to the broker before job.completed; both confirms awaited together.
+        await asyncio.gather(bus.publish(saved), bus.publish(completed))
 
 
 async def fail_job(event: ImageGenerated, error: Exception, *, bus: Publisher) -> None:

@@ -1,0 +1,258 @@
+"""Case registry, shared context, results file and the printed table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from ops.broker import PrivateBroker
+from ops.bench.stack import Stack
+from schemas.settings import SERVICES
+
+
+class Measurement(msgspec.Struct, kw_only=True):
+    """One line of the table: Darkroom's figure, the baseline's from the same run, their ratio."""
+
+    case: str
+    metric: str
+    unit: str
+    darkroom: float
+    baseline: float | None = None
+    better: Literal["lower", "higher"] = "lower"
+    ratio: float | None = None
+    target: str | None = None
+    met: bool | None = None
+    details: dict = {}
+
+    def __post_init__(self) -> None:
+        if self.ratio is None and self.baseline not in (None, 0):
+            self.ratio = round(self.darkroom / self.baseline, 4)
+
+
+class Report(msgspec.Struct, kw_only=True):
+    """bench/results/<timestamp>.json"""
+
+    started_at: datetime
+    seconds: float
+    quick: bool
+    machine: dict
+    commit: str | None
+    measurements: list[Measurement]
+    failures: dict[str, str] = {}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class Context:
+    """What cases share in one bench run: a broker, the tiny model, a scratch folder, stacks."""
+
+    def __init__(self, work: Path, amqp_url: str, tiny_model: Path, quick: bool):
+        self.work = work
+        self.amqp_url = amqp_url
+        self.tiny_model = tiny_model
+        self.quick = quick
+        self._generation_stack: Stack | None = None
+        self.idle_rss: dict[str, int] = {}
+        self._stacks: list[Stack] = []
+        self._bare: BareLoop | None = None
+
+    async def stack(self, name: str, services: tuple[str, ...] = SERVICES, env: dict[str, str] | None = None) -> Stack:
+        """Start a `darkroom run` stack and return once every one of its services consumes."""
+        root = self.work / name
+        root.mkdir(parents=True, exist_ok=True)
+        stack = Stack(root=root, amqp_url=self.amqp_url, tiny_model=self.tiny_model, services=services, env=env or {})
+        self._stacks.append(stack)
+        await asyncio.to_thread(stack.start)
+        await stack.wait_consuming()
+        return stack
+
+    async def generation_stack(self) -> Stack:
+        """The full stack the generation cases share; its idle RSS is read once, after warm-up."""
+        if self._generation_stack is None:
+            from ops.bench.cases import warm_up
+
+            self._generation_stack = await self.stack("generation")
+            await warm_up(self, self._generation_stack)
+            await asyncio.sleep(1.0)
+            from ops.bench.stack import rss
+
+            self.idle_rss = {name: rss(pid)[0] for name, pid in self._generation_stack.service_pids().items()}
+        return self._generation_stack
+
+    async def bare(self) -> BareLoop:
+        """A long-lived bare diffusers process, for interleaving its calls with Darkroom jobs."""
+        if self._bare is None:
+            self._bare = await BareLoop.start(self.tiny_model, self.threads)
+        return self._bare
+
+    @property
+    def threads(self) -> int:
+        # The same CPU thread policy as the generator (all cores but one): the strongest setting
+        # here, and a like-for-like comparison.
+        return max(1, (os.cpu_count() or 2) - 1)
+
+    async def close(self) -> None:
+        if self._bare is not None:
+            await self._bare.close()
+        for stack in self._stacks:
+            await asyncio.to_thread(stack.stop)
+            try:
+                await stack.drop_queues()
+            except Exception:  # noqa: BLE001 - cleanup of a scratch namespace must not hide results
+                pass
+
+
+class BareLoop:
+    """`python -m ops.bench.baseline --serve`: one bare call per request, timed inside the process."""
+
+    def __init__(self, process: asyncio.subprocess.Process):
+        self.process = process
+        self.peak_rss = 0
+
+    @classmethod
+    async def start(cls, model: Path, threads: int) -> BareLoop:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ops.bench.baseline", str(model), "--serve", "--threads", str(threads),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        ready = await process.stdout.readline()
+        if not ready:
+            raise RuntimeError("the bare diffusers process did not start")
+        return cls(process)
+
+    async def call(self, seed: int, size: int = 64, steps: int = 4, batch: int = 1) -> float:
+        request = {"seed": seed, "size": size, "steps": steps, "batch": batch}
+        self.process.stdin.write((json.dumps(request) + "\n").encode())
+        await self.process.stdin.drain()
+        answer = json.loads(await self.process.stdout.readline())
+        self.peak_rss = answer["peak_rss_bytes"]
+        return answer["seconds"]
+
+    async def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except asyncio.TimeoutError:
+            self.process.kill()
+
+
+Case = Callable[[Context], Awaitable[list[Measurement]]]
+CASES: dict[str, Case] = {}
+
+
+def case(name: str) -> Callable[[Case], Case]:
+    def register(fn: Case) -> Case:
+        CASES[name] = fn
+        return fn
+
+    return register
+
+
+def _machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch"] = str(torch.__version__)
+        info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        pass
+    return info
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def table(measurements: list[Measurement]) -> str:
+    rows = [("case", "metric", "darkroom", "baseline", "ratio", "target")]
+    for m in measurements:
+        target = "" if m.target is None else f"{m.target} {'ok' if m.met else 'MISSED' if m.met is False else ''}".strip()
+        ratio = m.ratio
+        rows.append((m.case, f"{m.metric} [{m.unit}]", _fmt(m.darkroom), _fmt(m.baseline),
+                     "-" if ratio is None else f"{ratio:.2f}x", target))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None) -> Path:
+    import ops.bench.cases  # noqa: F401  (registers the cases)
+
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        raise SystemExit(f"unknown bench case(s) {unknown}; valid: {', '.join(CASES)}")
+    started_at, started = datetime.now(UTC), time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
+    broker = None
+    if amqp_url is None:
+        broker = PrivateBroker(work / "rabbitmq", name="darkroom-bench")
+        await asyncio.to_thread(broker.start)
+        amqp_url = broker.url
+    from pipelines.tiny import build_tiny_model
+
+    tiny = await asyncio.to_thread(build_tiny_model, work / "tiny-sd")
+    ctx = Context(work, amqp_url, tiny, quick)
+    measurements: list[Measurement] = []
+    failures: dict[str, str] = {}
+    try:
+        for name in names:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            case_started = time.monotonic()
+            try:
+                measurements += await CASES[name](ctx)
+            except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others' figures
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                print(f"bench: {name} FAILED: {failures[name]}", file=sys.stderr, flush=True)
+            print(f"bench: {name} took {time.monotonic() - case_started:.1f}s", file=sys.stderr, flush=True)
+    finally:
+        await ctx.close()
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+        shutil.rmtree(work, ignore_errors=True)
+    report = Report(
+        started_at=started_at, seconds=round(time.monotonic() - started, 1), quick=quick,
+        machine=_machine(), commit=_commit(), measurements=measurements, failures=failures,
+    )
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{started_at:%Y%m%dT%H%M%SZ}{'-quick' if quick else ''}.json"
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))
+    print(table(measurements))
+    if failures:
+        print(f"\nfailed cases: {failures}")
+    print(f"\nresults: {path}")
+    return path

@@ -149,7 +149,7 @@ async def memory(ctx: Context) -> list[Measurement]:
                     baseline=bare_peak / MB, details={"idle_mb": round(idle.get("generator", 0) / MB, 1)}),
     ]
     for name in control:
-        measurements.append(Measurement(case="memory", metric=f"{name} RSS idle / peak", unit="MB",
+        measurements.append(Measurement(case="memory", metric=f"{name} RSS at idle (peak in details)", unit="MB",
                                         darkroom=idle[name] / MB, details={"peak_mb": round(peak.get(name, 0) / MB, 1)}))
     return measurements
 

@@ -1,18 +1,26 @@
-"""Generation recipes over a loaded pipeline. One call generates a batch of images, each with its own
-prompt and seed, so that one job's images and several compatible jobs' images run the same way."""
+"""Generation recipes over a loaded pipeline: txt2img, img2img, inpaint, and A1111's hires fix.
+
+One call generates a batch of images, each with its own prompt, negative prompt, seed and (for
+img2img/inpaint) input images, so that one job's images and several compatible jobs' images run
+the same way. Everything the batch shares is in a `Recipe`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 
+from pipelines import loras as lora_adapters
 from pipelines.loader import LoadedModel
+from pipelines.samplers import scheduler_for
 
-# Called after every denoising step with (step, total_steps, latents); returning True stops the call.
-StepCallback = Callable[[int, int, torch.Tensor], bool]
+# Called after every denoising step with (step, total_steps, latents, phase); True stops the call.
+StepCallback = Callable[[int, int, torch.Tensor, str], bool]
 
 
 class Interrupted(Exception):
@@ -30,35 +38,100 @@ class ImageTask:
     prompt: str
     negative_prompt: str | None
     seed: int
+    init_image: Image.Image | None = None
+    mask_image: Image.Image | None = None
 
 
-def check_inputs(model: LoadedModel, width: int, height: int, steps: int) -> None:
+@dataclass(frozen=True)
+class Hires:
+    scale: float
+    denoising_strength: float
+    steps: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What every image of one pipeline call shares. Jobs with equal recipes can share a call."""
+
+    mode: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    sampler: str | None = None
+    strength: float | None = None
+    hires: Hires | None = None
+    loras: tuple[tuple[str, float], ...] = ()
+
+
+def check_inputs(model: LoadedModel, recipe: Recipe, tasks: Sequence[ImageTask]) -> None:
     """Refuse what the model cannot do, naming the parameter, before any GPU work."""
-    error = model.entry.settings_error(width, height, steps)
+    error = model.entry.settings_error(recipe.width, recipe.height, recipe.steps)
     if error:
         raise InvalidRequest(error)
+    if recipe.mode not in model.entry.capabilities:
+        raise InvalidRequest(f"model {model.entry.id!r} cannot do {recipe.mode}")
+    if recipe.mode != "txt2img" and any(task.init_image is None for task in tasks):
+        raise InvalidRequest(f"{recipe.mode} needs init_image")
+    if recipe.mode == "inpaint" and any(task.mask_image is None for task in tasks):
+        raise InvalidRequest("inpaint needs mask_image")
 
 
-def txt2img(
+@contextlib.contextmanager
+def _sampler(pipe, name: str | None) -> Iterator[None]:
+    """Use sampler `name` for one call, then give the pipeline its own scheduler back."""
+    if name is None:
+        yield
+        return
+    original = pipe.scheduler
+    pipe.scheduler = scheduler_for(original.config, name)
+    try:
+        yield
+    finally:
+        pipe.scheduler = original
+
+
+def generate(
     model: LoadedModel,
+    recipe: Recipe,
     tasks: Sequence[ImageTask],
     *,
-    width: int,
-    height: int,
-    steps: int,
-    guidance_scale: float,
+    lora_folder: Path,
     on_step: StepCallback | None = None,
 ) -> list[Image.Image]:
-    """Generate one image per task in a single pipeline call."""
-    check_inputs(model, width, height, steps)
-    pipe = model.pipe
+    """Generate one image per task: the first pass, then the hires pass when asked."""
+    check_inputs(model, recipe, tasks)
+    with lora_adapters.applied(model.pipe, model.loras, lora_folder, recipe.loras):
+        pipe = model.for_mode(recipe.mode)
+        with _sampler(pipe, recipe.sampler):
+            images = _call(
+                pipe, model, recipe.mode, tasks, on_step, "generating",
+                width=recipe.width, height=recipe.height, steps=recipe.steps,
+                guidance_scale=recipe.guidance_scale, strength=recipe.strength,
+                images=[task.init_image for task in tasks] if recipe.mode != "txt2img" else None,
+            )
+        if recipe.mode == "inpaint":
+            images = [_overlay(image, task) for image, task in zip(images, tasks, strict=True)]
+        if recipe.hires is not None:
+            images = _hires(model, recipe, tasks, images, on_step)
+    return images
+
+
+def _call(pipe, model: LoadedModel, mode: str, tasks: Sequence[ImageTask], on_step: StepCallback | None,
+          phase: str, *, width: int, height: int, steps: int, guidance_scale: float,
+          strength: float | None = None, images: list[Image.Image] | None = None) -> list[Image.Image]:
     # CPU generators make a seed give the same image on every device.
     generators = [torch.Generator("cpu").manual_seed(task.seed) for task in tasks]
     stopped = False
 
     def step_end(pipeline, step_index: int, _timestep, kwargs: dict) -> dict:
         nonlocal stopped
-        if on_step is not None and on_step(step_index + 1, steps, kwargs["latents"]):
+        # Samplers like Heun call the model more often than there are steps, and img2img runs
+        # only `strength` of them: report the real count.
+        total = getattr(pipeline, "num_timesteps", None) or steps
+        if on_step is not None and on_step(step_index + 1, total, kwargs["latents"], phase):
             stopped = True
             pipeline._interrupt = True
         return kwargs
@@ -66,6 +139,11 @@ def txt2img(
     options: dict = {}
     if model.entry.supports_negative_prompt:
         options["negative_prompt"] = [task.negative_prompt or "" for task in tasks]
+    if mode != "txt2img":
+        options["image"] = images
+        options["strength"] = strength
+    if mode == "inpaint":
+        options["mask_image"] = [task.mask_image for task in tasks]
     with torch.inference_mode():
         result = pipe(
             prompt=[task.prompt for task in tasks],
@@ -82,3 +160,25 @@ def txt2img(
     if stopped:
         raise Interrupted
     return list(result.images)
+
+
+def _overlay(generated: Image.Image, task: ImageTask) -> Image.Image:
+    """Keep the init image outside the mask exactly, as A1111 does (the VAE round trip would
+    otherwise change pixels the user did not ask to repaint)."""
+    init = task.init_image.convert("RGB").resize(generated.size)
+    mask = task.mask_image.convert("L").resize(generated.size)
+    return Image.composite(generated, init, mask)
+
+
+def _hires(model: LoadedModel, recipe: Recipe, tasks: Sequence[ImageTask], images: list[Image.Image],
+           on_step: StepCallback | None) -> list[Image.Image]:
+    """Upscale (Lanczos) to the hires size, then an img2img pass there with the hires strength."""
+    hires = recipe.hires
+    upscaled = [image.resize((hires.width, hires.height), Image.Resampling.LANCZOS) for image in images]
+    pipe = model.for_mode("img2img")
+    with _sampler(pipe, recipe.sampler):
+        return _call(
+            pipe, model, "img2img", tasks, on_step, "hires", images=upscaled,
+            width=hires.width, height=hires.height, steps=hires.steps,
+            guidance_scale=recipe.guidance_scale, strength=hires.denoising_strength,
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class LoadedModel:
-    """A pipeline on its device, ready to generate."""
+    """A pipeline on its device, ready to generate, with what was built on it since."""
 
     entry: ModelEntry
     pipe: object  # a diffusers DiffusionPipeline
@@ -28,6 +28,23 @@ class LoadedModel:
     dtype: torch.dtype
     bytes: int
     load_seconds: float
+    # img2img / inpaint pipelines made from `pipe` on first use (they share its weights).
+    variants: dict[str, object] = field(default_factory=dict)
+    # LoRA adapters loaded onto `pipe`: adapter name -> file.
+    loras: dict[str, Path] = field(default_factory=dict)
+
+    def for_mode(self, mode: str):
+        """The pipeline for txt2img, img2img or inpaint."""
+        if mode == "txt2img":
+            return self.pipe
+        if mode not in self.variants:
+            import diffusers
+
+            auto = {"img2img": diffusers.AutoPipelineForImage2Image, "inpaint": diffusers.AutoPipelineForInpainting}[mode]
+            variant = auto.from_pipe(self.pipe)
+            variant.set_progress_bar_config(disable=True)
+            self.variants[mode] = variant
+        return self.variants[mode]
 
 
 def resolve_device(requested: str) -> torch.device:

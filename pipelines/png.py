@@ -13,20 +13,27 @@ DARKROOM_KEY = "darkroom"  # the full request as JSON
 
 def a1111_parameters(
     *, prompt: str, negative_prompt: str | None, steps: int, sampler: str | None, cfg_scale: float,
-    seed: int, width: int, height: int, model: str,
+    seed: int, width: int, height: int, model: str, denoising_strength: float | None = None,
+    hires_scale: float | None = None, hires_steps: int | None = None,
+    loras: tuple[tuple[str, float], ...] = (),
 ) -> str:
-    """The `parameters` text A1111 writes: prompt, negative prompt line, then `key: value` pairs."""
-    lines = [prompt]
+    """The `parameters` text A1111 writes: prompt (LoRAs as <lora:name:weight>), the negative
+    prompt line, then `key: value` pairs."""
+    lines = [" ".join([prompt, *(f"<lora:{name}:{weight:g}>" for name, weight in loras)])]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
     pairs = [
         ("Steps", steps),
-        ("Sampler", sampler or "Euler"),
+        ("Sampler", sampler or "Default"),
         ("CFG scale", f"{cfg_scale:g}"),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model", model),
     ]
+    if denoising_strength is not None:
+        pairs.append(("Denoising strength", f"{denoising_strength:g}"))
+    if hires_scale is not None:
+        pairs += [("Hires upscale", f"{hires_scale:g}"), ("Hires steps", hires_steps), ("Hires upscaler", "Lanczos")]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
 

@@ -110,3 +110,25 @@ def ensure_tiny_model(folder: Path) -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     return build_tiny_model(folder)
+
+
+def build_tiny_lora(path: Path, model_folder: Path, seed: int = 1, rank: int = 4) -> Path:
+    """A random LoRA for the tiny model's UNet attention layers, saved in diffusers' LoRA format.
+
+    Random weights (peft's init_lora_weights=False) so that it visibly changes the output; for
+    tests and for trying the LoRA features without a download.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_folder / "unet")
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+    ))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(str(path.parent), unet_lora_layers=layers, weight_name=path.name)
+    return path

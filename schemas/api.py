@@ -13,6 +13,9 @@ Side = Annotated[int, msgspec.Meta(ge=8, description="Pixels, a multiple of 8 (t
 Seed = Annotated[int, msgspec.Meta(ge=-1, le=2**32 - 1, description="-1 or absent: random")]
 
 
+Strength = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
 class SettingsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Optional generation settings; anything left out takes the model's default."""
 
@@ -22,6 +25,22 @@ class SettingsInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     width: Side | None = None
     height: Side | None = None
     seed: Seed | None = None
+    sampler: Annotated[str | None, msgspec.Meta(description="A1111 sampler name, see GET /v1/samplers")] = None
+    # A1111's pair: batch_size images per call, batch_count calls (num_images = their product).
+    batch_size: NumImages | None = None
+    batch_count: NumImages | None = None
+    strength: Annotated[Strength | None, msgspec.Meta(description="img2img/inpaint denoising strength")] = None
+    enable_hr: bool = False
+    hr_scale: Annotated[float, msgspec.Meta(gt=1.0, le=4.0)] | None = None
+    hr_denoising_strength: Strength | None = None
+    hr_second_pass_steps: Steps | None = None
+
+
+class LoraInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A LoRA to apply: its name in GET /v1/loras (file name, with or without extension)."""
+
+    name: str
+    weight: Annotated[float, msgspec.Meta(ge=-4.0, le=4.0)] = 1.0
 
 
 class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +51,10 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: Annotated[str | None, msgspec.Meta(description="Model id from GET /v1/models")] = None
     style: Annotated[str | None, msgspec.Meta(description="Style template applied by the enricher")] = None
     settings: SettingsInput = msgspec.field(default_factory=SettingsInput)
+    init_image: Annotated[str | None, msgspec.Meta(description="img2img/inpaint input: base64 PNG/JPEG/WebP (data URL ok)")] = None
+    init_image_id: Annotated[str | None, msgspec.Meta(description="img2img/inpaint input: the id of an image Darkroom holds")] = None
+    mask_image: Annotated[str | None, msgspec.Meta(description="inpaint: base64 mask, white = repaint, same size as the init image")] = None
+    loras: list[LoraInput] = msgspec.field(default_factory=list)
 
 
 class JobCreated(msgspec.Struct, kw_only=True):
@@ -42,6 +65,23 @@ class JobCreated(msgspec.Struct, kw_only=True):
     status_url: str
     num_images: int
     message: str
+
+
+class JobCancelAnswer(msgspec.Struct, kw_only=True):
+    """DELETE /v1/jobs/{id}: `cancelled` when it was still queued, `cancelling` when a worker
+    holds it (it stops within one step)."""
+
+    id: str
+    status: str
+    message: str
+
+
+class SamplerInfo(msgspec.Struct, kw_only=True):
+    """One entry of GET /v1/samplers."""
+
+    name: str
+    scheduler: str
+    options: dict[str, object]
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

@@ -17,6 +17,29 @@ import msgspec
 TINY_MODEL_ID = "tiny-sd"
 
 Family = Literal["sd1.x", "sd2.x", "sdxl", "sd3", "flux"]
+
+# A1111 sampler names and the diffusers scheduler (class name, config overrides) each maps to.
+# Data only: pipelines/samplers.py builds the schedulers; the ingress validates names against it.
+SAMPLERS: dict[str, tuple[str, dict[str, object]]] = {
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 Karras": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DPM2 a Karras": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    "DPM++ 2S": ("DPMSolverSinglestepScheduler", {}),
+    "DPM++ 2S Karras": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}),
+    "DDIM": ("DDIMScheduler", {}),
+    "PLMS": ("PNDMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "DEIS": ("DEISMultistepScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
+}
 Capability = Literal["txt2img", "img2img", "inpaint"]
 
 
@@ -31,7 +54,10 @@ class ModelDefaults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     guidance_scale: float = 7.5
     width: int = 512
     height: int = 512
+    # An A1111 sampler name; None keeps the scheduler the model was saved with.
     sampler: str | None = None
+    strength: float = 0.75
+    hr_denoising_strength: float = 0.7
 
 
 class ModelLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -150,7 +176,7 @@ def tiny_model_entry(data_dir: Path) -> ModelEntry:
         description="Built-in tiny Stable Diffusion with random weights: draws coloured noise, "
         "fast on a CPU, for first runs and tests",
         dtype="float32",
-        defaults=ModelDefaults(num_inference_steps=8, guidance_scale=7.5, width=256, height=256),
+        defaults=ModelDefaults(num_inference_steps=8, guidance_scale=7.5, width=256, height=256, sampler="Euler"),
         limits=ModelLimits(max_width=1024, max_height=1024, max_steps=50),
     )
 

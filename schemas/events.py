@@ -16,7 +16,7 @@ import msgspec
 from schemas import topology as t
 from schemas.jobs import ImageMetadata, ImageRecord, JobSpec
 
-ProgressPhase = Literal["preparing", "loading_model", "generating", "saving"]
+ProgressPhase = Literal["preparing", "loading_model", "generating", "hires", "saving"]
 
 
 def new_id() -> str:
@@ -55,6 +55,8 @@ class JobStarted(Event, tag=t.JOB_STARTED, kw_only=True):
 
     worker: str
     attempt: int = 1
+    # How many jobs share this job's pipeline call (dynamic batching); 1 when it runs alone.
+    batch_jobs: int = 1
 
 
 class JobProgressed(Event, tag=t.JOB_PROGRESSED, kw_only=True):
@@ -211,11 +213,16 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class GenerateImages(Command, tag=t.GENERATE_IMAGES, kw_only=True):
-    """Generate the images of a job (enriched prompt included). Consumed by the generator queue."""
+    """Generate the images of a job (enriched prompt included). Consumed by the generator queue.
+
+    Input images travel inside as PNG bytes, so generator workers need no shared disk.
+    """
 
     spec: JobSpec
     attempt: int = 1
     created_at: datetime
+    init_image: bytes | None = None
+    mask_image: bytes | None = None
 
 
 AnyCommand = GenerateImages

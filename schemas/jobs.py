@@ -8,8 +8,19 @@ from typing import Literal
 import msgspec
 
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+Mode = Literal["txt2img", "img2img", "inpaint"]
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class HiresSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """A1111's hires fix: generate, upscale by `scale`, then an img2img pass at the larger size."""
+
+    scale: float
+    denoising_strength: float
+    steps: int
+    width: int
+    height: int
 
 
 class GenerationSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,6 +34,18 @@ class GenerationSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The seed of the first image; image n (1-based) uses seed + n - 1, as A1111 does.
     seed: int
     sampler: str | None = None
+    # Images per pipeline call (A1111's batch_size); num_images / batch_size calls in all.
+    batch_size: int = 1
+    # img2img and inpaint: how far from the init image to go (0 keeps it, 1 ignores it).
+    strength: float | None = None
+    hires: HiresSettings | None = None
+
+
+class LoraRef(msgspec.Struct, frozen=True):
+    """A LoRA from the library and the weight to apply it with."""
+
+    name: str
+    weight: float = 1.0
 
 
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +57,13 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     style: str | None = None
     settings: GenerationSettings
     owner: str | None = None
+    mode: Mode = "txt2img"
+    # Input images, as paths inside the data directory (their bytes travel in GenerateImages).
+    init_image: str | None = None
+    mask_image: str | None = None
+    loras: tuple[LoraRef, ...] = ()
+    # Things the user should know about how the request was taken (e.g. an ignored field).
+    notices: tuple[str, ...] = ()
 
 
 class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +131,9 @@ class JobDocument(msgspec.Struct, kw_only=True):
     images: list[ImageRecord] = msgspec.field(default_factory=list)
     queue_position: int | None = None
     eta_seconds: float | None = None
+    mode: Mode = "txt2img"
+    loras: tuple[LoraRef, ...] = ()
+    notices: tuple[str, ...] = ()
 
     @classmethod
     def new(cls, job_id: str, spec: JobSpec, created_at: datetime) -> JobDocument:
@@ -117,6 +150,9 @@ class JobDocument(msgspec.Struct, kw_only=True):
             owner=spec.owner,
             created_at=created_at,
             updated_at=created_at,
-            message="Queued",
+            message=" ".join(("Queued", *(f"({notice})" for notice in spec.notices))),
             progress=Progress(preparing=True, total_steps=spec.settings.num_inference_steps),
+            mode=spec.mode,
+            loras=spec.loras,
+            notices=spec.notices,
         )

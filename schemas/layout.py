@@ -37,6 +37,28 @@ def split_image_id(value: str) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
+LORA_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def lora_file(folder: Path, name: str) -> Path | None:
+    """The file of LoRA `name` (a file name, with or without extension) in `folder`, if any.
+
+    Only the last path component is used, so a name can never reach outside the folder.
+    """
+    base = Path(name).name
+    if not base or base.startswith("."):
+        return None
+    candidates = [folder / base] if base.endswith(LORA_SUFFIXES) else [folder / f"{base}{s}" for s in LORA_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def lora_names(folder: Path) -> list[str]:
+    """Names of the LoRAs in `folder` (file names without extension), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.iterdir() if p.suffix in LORA_SUFFIXES and not p.name.startswith("."))
+
+
 class DataLayout(msgspec.Struct, frozen=True):
     """Paths inside one data directory."""
 
@@ -67,6 +89,16 @@ class DataLayout(msgspec.Struct, frozen=True):
         return self.base / "models"
 
     @property
+    def loras_dir(self) -> Path:
+        """The LoRA library: .safetensors files, named by file name."""
+        return self.models_dir / "loras"
+
+    @property
+    def inputs_dir(self) -> Path:
+        """Input images of img2img/inpaint jobs: inputs/<job_id>/init.png, mask.png."""
+        return self.base / "inputs"
+
+    @property
     def state_dir(self) -> Path:
         return self.base / "state"
 
@@ -95,5 +127,6 @@ class DataLayout(msgspec.Struct, frozen=True):
         return (self.images_dir / file_path).with_suffix(".json")
 
     def ensure(self) -> None:
-        for folder in (self.events_dir, self.jobs_dir, self.images_dir, self.previews_dir, self.models_dir, self.state_dir):
+        for folder in (self.events_dir, self.jobs_dir, self.images_dir, self.previews_dir, self.models_dir,
+                       self.loras_dir, self.inputs_dir, self.state_dir):
             folder.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     broker_port: int = 0
     # Transient progress events per job per second, at most.
     progress_rate: float = 4.0
+    # A preview image every this many steps (0: none).
+    preview_every: int = 5
+    # Images one pipeline call may hold, across compatible queued jobs (1: no batching).
+    max_batch: int = 4
     max_prompt_length: int = 500
     max_body_bytes: int = 20 * 1024**2
     # Which services `darkroom run` starts on this machine (a GPU box may run only `generator`).

@@ -58,7 +58,7 @@ def settings(amqp_url: str, data_dir: Path) -> Settings:
         amqp_url=amqp_url,
         namespace=f"t{secrets.token_hex(4)}",
         config_path=str(data_dir / "darkroom.toml"),
-        progress_rate=100.0,
+        progress_rate=0.0,  # every step: tests assert the full sequence
     )
 
 

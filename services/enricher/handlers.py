@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -17,11 +18,30 @@ class Publisher(Protocol):
     async def send(self, command: Command) -> None: ...
 
 
-async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, Style]) -> None:
-    """Apply the job's style (or pass the prompt through), record it, and queue the generation."""
+class MissingInput(ValueError):
+    """An input image the job refers to is no longer in the data directory."""
+
+
+def read_input(data_dir: Path, relative: str | None, field: str) -> bytes | None:
+    if relative is None:
+        return None
+    try:
+        return (data_dir / relative).read_bytes()
+    except FileNotFoundError:
+        raise MissingInput(f"{field} {relative} no longer exists") from None
+
+
+async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, Style], data_dir: Path) -> None:
+    """Apply the job's style (or pass the prompt through), record it, and queue the generation.
+
+    Input images travel inside the command, so generator workers need no shared disk.
+    """
     spec = event.spec
     prompt, negative = enrich_prompt(spec.prompt, spec.negative_prompt, spec.style, styles)
     enriched = msgspec.structs.replace(spec, prompt=prompt, negative_prompt=negative)
+    init_image, mask_image = await asyncio.to_thread(
+        lambda: (read_input(data_dir, spec.init_image, "init_image"), read_input(data_dir, spec.mask_image, "mask_image"))
+    )
     # Both confirms are awaited together; job.enriched is written to the broker first, so it is
     # queued for subscribers before the generator can start.
     await asyncio.gather(
@@ -29,10 +49,14 @@ async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, St
             job_id=event.job_id, prompt=prompt, negative_prompt=negative,
             original_prompt=spec.prompt, style=spec.style,
         )),
-        bus.send(GenerateImages(job_id=event.job_id, spec=enriched, created_at=event.occurred_at)),
+        bus.send(GenerateImages(
+            job_id=event.job_id, spec=enriched, created_at=event.occurred_at,
+            init_image=init_image, mask_image=mask_image,
+        )),
     )
 
 
 async def fail_job(event: JobAccepted, error: Exception, *, bus: Publisher) -> None:
     """A job the enricher cannot pass on ends failed with the reason, never silently dropped."""
-    await bus.publish(JobFailed(job_id=event.job_id, reason=f"prompt enrichment failed: {error}"))
+    reason = str(error) if isinstance(error, MissingInput) else f"prompt enrichment failed: {error}"
+    await bus.publish(JobFailed(job_id=event.job_id, reason=reason))

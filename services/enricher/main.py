@@ -18,7 +18,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     async with runtime.connected(settings, STAGE) as bus:
         await bus.consume(
             STAGE,
-            partial(enrich_job, bus=bus, styles=styles),
+            partial(enrich_job, bus=bus, styles=styles, data_dir=runtime.layout(settings).base),
             decoder=event_decoder,
             on_failure=partial(fail_job, bus=bus),
             prefetch=32,

@@ -1,20 +1,23 @@
-"""The generator's effects: generate a job's images, follow cancellations."""
+"""The generator's effects: generate jobs' images (batched when compatible), follow cancellations."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
 import structlog
+from PIL import Image
 
-from pipelines.generate import ImageTask, Interrupted, InvalidRequest, txt2img
+from pipelines.generate import Hires, ImageTask, Interrupted, InvalidRequest, Recipe, generate
 from pipelines.loader import LoadedModel, ModelCache, ModelLoadError
+from pipelines.loras import LoraError
 from pipelines.png import a1111_parameters, encode_png
 from schemas.catalog import Catalog, ModelEntry
 from schemas.events import (
@@ -31,7 +34,8 @@ from schemas.events import (
 )
 from schemas.jobs import ImageMetadata, JobSpec
 from schemas.layout import image_id
-from services.generator.progress import ProgressReporter
+from services.generator.batcher import Batcher, Waiting
+from services.generator.progress import ProgressReporter, Slot
 
 log = structlog.get_logger("generator")
 
@@ -51,18 +55,29 @@ class RenderedImage:
     seed: int
 
 
-class Worker:
-    """One generator process: its warm models, its pipeline thread, the jobs it was told to cancel."""
+@dataclass
+class Options:
+    """How this worker generates (from settings)."""
 
-    def __init__(self, *, bus: Publisher, catalog: Catalog, cache: ModelCache, worker_id: str, progress_rate: float):
+    progress_rate: float = 4.0
+    preview_every: int = 5
+    max_batch: int = 4
+    lora_folder: Path = Path("var/models/loras")
+
+
+class Worker:
+    """One generator process: warm models, its pipeline thread, its batcher, cancellations."""
+
+    def __init__(self, *, bus: Publisher, catalog: Catalog, cache: ModelCache, worker_id: str, options: Options):
         self.bus = bus
         self.catalog = catalog
         self.cache = cache
         self.id = worker_id
-        self.progress_rate = progress_rate
+        self.options = options
         # One pipeline call at a time: a diffusers pipeline object is not thread-safe.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self.cancelled: OrderedDict[str, None] = OrderedDict()
+        self.batcher = Batcher(self.run_batch, options.max_batch)
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self.cancelled
@@ -70,19 +85,190 @@ class Worker:
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def model_for(self, entry: ModelEntry, job_id: str) -> LoadedModel:
-        """The warm model, or load it now (announcing the load, and any evictions it causes)."""
+    async def model_for(self, entry: ModelEntry, job_ids: list[str]) -> LoadedModel:
+        """The warm model, or load it now (announcing the load to each waiting job, and any evictions)."""
         model = self.cache.get(entry)
         if model is not None:
             return model
-        await self.bus.publish(ModelLoading(job_id=job_id, model=entry.id, worker=self.id))
+        await asyncio.gather(*(self.bus.publish(ModelLoading(job_id=j, model=entry.id, worker=self.id)) for j in job_ids))
         model, evicted = await self.run(self.cache.load, entry)
         for old in evicted:
-            await self.bus.publish(ModelEvicted(job_id=job_id, model=old.entry.id, worker=self.id, bytes=old.bytes))
-        await self.bus.publish(ModelLoaded(
-            job_id=job_id, model=entry.id, worker=self.id, seconds=round(model.load_seconds, 3), bytes=model.bytes
-        ))
+            await self.bus.publish(ModelEvicted(job_id=job_ids[0], model=old.entry.id, worker=self.id, bytes=old.bytes))
+        await asyncio.gather(*(self.bus.publish(ModelLoaded(
+            job_id=j, model=entry.id, worker=self.id, seconds=round(model.load_seconds, 3), bytes=model.bytes,
+        )) for j in job_ids))
         return model
+
+    async def run_batch(self, batch: list[Waiting]) -> None:
+        """Generate a batch of compatible jobs and publish each job's outcome."""
+        commands = []
+        for waiting in batch:
+            if self.is_cancelled(waiting.command.job_id):
+                await self.bus.publish(JobCancelled(job_id=waiting.command.job_id, reason="cancelled while queued"))
+            else:
+                commands.append(waiting.command)
+        if not commands:
+            return
+        # job.started is confirmed while the work begins; it is awaited before any outcome is sent.
+        started = asyncio.gather(*(
+            self.bus.publish(JobStarted(job_id=c.job_id, worker=self.id, attempt=c.attempt, batch_jobs=len(commands)))
+            for c in commands
+        ))
+        try:
+            outcomes = await self._generate(commands)
+        finally:
+            await started
+        # Written to the broker in order (image 1 first); the confirms are awaited together.
+        await asyncio.gather(*(self.bus.publish(event) for events in outcomes for event in events))
+
+    async def _generate(self, commands: list[GenerateImages]) -> list[list[Event]]:
+        """Per job, the events that end this attempt: its images, or why there are none."""
+        first = commands[0]
+        try:
+            entry = self.catalog.model(first.spec.model)
+            model = await self.model_for(entry, [c.job_id for c in commands])
+        except (KeyError, ModelLoadError) as exc:
+            reason = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+            return [[JobFailed(job_id=c.job_id, reason=reason, attempt=c.attempt)] for c in commands]
+        started = time.perf_counter()
+        reporter_args = {
+            "loop": asyncio.get_running_loop(), "publish": self.bus.publish_soon, "rate": self.options.progress_rate,
+            "preview_every": self.options.preview_every, "family": entry.family, "cancelled": self.is_cancelled,
+        }
+        try:
+            rendered, dropped = await self.run(render, model, commands, reporter_args, self.options)
+        except Interrupted:
+            return [[JobCancelled(job_id=c.job_id, reason="cancelled while generating")] for c in commands]
+        except (InvalidRequest, LoraError) as exc:
+            return [[JobFailed(job_id=c.job_id, reason=str(exc), attempt=c.attempt)] for c in commands]
+        seconds = round(time.perf_counter() - started, 4)
+        return [
+            [] if command.job_id in dropped else image_events(command, images, self.id, seconds)
+            for command, images in zip(commands, rendered, strict=True)
+        ]
+
+
+def image_events(command: GenerateImages, images: list[RenderedImage], worker: str, seconds: float) -> list[Event]:
+    job_id, spec = command.job_id, command.spec
+    return [
+        ImageGenerated(
+            job_id=job_id,
+            image_id=image_id(job_id, number),
+            image_number=number,
+            total_images=len(images),
+            job_created_at=command.created_at,
+            attempt=command.attempt,
+            worker=worker,
+            width=image.width,
+            height=image.height,
+            png=image.png,
+            metadata=ImageMetadata(
+                job_id=job_id, model_id=spec.model, prompt=spec.prompt, negative_prompt=spec.negative_prompt,
+                settings=spec.settings, seed=image.seed, image_number=number, total_images=len(images),
+                generation_time=seconds,
+            ),
+        )
+        for number, image in enumerate(images, start=1)
+    ]
+
+
+def recipe_of(spec: JobSpec) -> Recipe:
+    settings = spec.settings
+    hires = settings.hires
+    return Recipe(
+        mode=spec.mode, width=settings.width, height=settings.height, steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale, sampler=settings.sampler, strength=settings.strength,
+        hires=Hires(hires.scale, hires.denoising_strength, hires.steps, hires.width, hires.height) if hires else None,
+        loras=tuple((lora.name, lora.weight) for lora in spec.loras),
+    )
+
+
+def _decode(data: bytes | None, mode: str) -> Image.Image | None:
+    if data is None:
+        return None
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert(mode)
+
+
+def tasks_of(command: GenerateImages) -> list[ImageTask]:
+    spec = command.spec
+    init, mask = _decode(command.init_image, "RGB"), _decode(command.mask_image, "L")
+    return [
+        ImageTask(prompt=spec.prompt, negative_prompt=spec.negative_prompt, seed=spec.settings.seed + n,
+                  init_image=init, mask_image=mask)
+        for n in range(spec.settings.num_images)
+    ]
+
+
+def calls_for(commands: list[GenerateImages], capacity: int) -> list[list[tuple[int, int, int]]]:
+    """Pipeline calls for a batch: each a list of (job index, first image, image count).
+
+    Several jobs share one call; a single job with more images than it may put in one call
+    (A1111's batch_size, or the worker's capacity) runs in several.
+    """
+    if len(commands) > 1:
+        return [[(i, 0, c.spec.settings.num_images) for i, c in enumerate(commands)]]
+    settings = commands[0].spec.settings
+    size = max(1, min(settings.batch_size, capacity))
+    return [[(0, start, min(size, settings.num_images - start))] for start in range(0, settings.num_images, size)]
+
+
+def render(model: LoadedModel, commands: list[GenerateImages], reporter_args: dict,
+           options: Options) -> tuple[list[list[RenderedImage]], set[str]]:
+    """Run the pipeline for a batch and encode every image as a PNG (in the pipeline thread).
+
+    Returns each job's images, and the jobs cancelled while sharing a call (their images dropped).
+    """
+    recipe = recipe_of(commands[0].spec)
+    all_tasks = [tasks_of(command) for command in commands]
+    images: list[list[Image.Image]] = [[] for _ in commands]
+    dropped: set[str] = set()
+    for call in calls_for(commands, options.max_batch):
+        tasks, slots, offset = [], [], 0
+        for index, start, count in call:
+            command = commands[index]
+            slots.append(Slot(job_id=command.job_id, attempt=command.attempt, offset=offset,
+                              first_image=start + 1, total_images=command.spec.settings.num_images))
+            tasks += all_tasks[index][start : start + count]
+            offset += count
+        reporter = ProgressReporter(slots=slots, **reporter_args)
+        produced = generate(model, recipe, tasks, lora_folder=options.lora_folder, on_step=reporter)
+        dropped |= reporter.dropped
+        offset = 0
+        for index, _start, count in call:
+            images[index] += produced[offset : offset + count]
+            offset += count
+    return [encode_job(command, job_images) for command, job_images in zip(commands, images, strict=True)], dropped
+
+
+def encode_job(command: GenerateImages, images: list[Image.Image]) -> list[RenderedImage]:
+    spec, settings = command.spec, command.spec.settings
+    loras = tuple((lora.name, lora.weight) for lora in spec.loras)
+    rendered = []
+    for number, image in enumerate(images, start=1):
+        seed = settings.seed + number - 1
+        parameters = a1111_parameters(
+            prompt=spec.prompt, negative_prompt=spec.negative_prompt, steps=settings.num_inference_steps,
+            sampler=settings.sampler, cfg_scale=settings.guidance_scale, seed=seed,
+            width=image.width, height=image.height, model=spec.model, loras=loras,
+            denoising_strength=settings.strength if spec.mode != "txt2img" else (settings.hires.denoising_strength if settings.hires else None),
+            hires_scale=settings.hires.scale if settings.hires else None,
+            hires_steps=settings.hires.steps if settings.hires else None,
+        )
+        # Only what produced the pixels goes into the PNG, so the same request gives the same bytes.
+        request = {
+            "model": spec.model, "mode": spec.mode, "prompt": spec.prompt, "negative_prompt": spec.negative_prompt,
+            "settings": msgspec.to_builtins(settings), "seed": seed, "loras": msgspec.to_builtins(spec.loras),
+            "init_image": spec.init_image, "mask_image": spec.mask_image,
+            "image_number": number, "total_images": settings.num_images,
+        }
+        rendered.append(RenderedImage(encode_png(image, parameters, request), image.width, image.height, seed))
+    return rendered
+
+
+async def generate_images(command: GenerateImages, *, worker: Worker) -> None:
+    """Queue the job for the next pipeline call it fits in; returns once its outcome is published."""
+    await worker.batcher.submit(command)
 
 
 async def remember_cancellation(event: Event, *, worker: Worker) -> None:
@@ -91,93 +277,6 @@ async def remember_cancellation(event: Event, *, worker: Worker) -> None:
         worker.cancelled[event.job_id] = None
         while len(worker.cancelled) > REMEMBERED_CANCELLATIONS:
             worker.cancelled.popitem(last=False)
-
-
-def render(model: LoadedModel, spec: JobSpec, reporter: ProgressReporter) -> list[RenderedImage]:
-    """Run the pipeline for every image of the job and encode each as a PNG (pipeline thread)."""
-    settings = spec.settings
-    seeds = [settings.seed + n for n in range(settings.num_images)]
-    tasks = [ImageTask(prompt=spec.prompt, negative_prompt=spec.negative_prompt, seed=seed) for seed in seeds]
-    images = txt2img(
-        model, tasks, width=settings.width, height=settings.height,
-        steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale, on_step=reporter,
-    )
-    rendered = []
-    for number, (image, seed) in enumerate(zip(images, seeds, strict=True), start=1):
-        parameters = a1111_parameters(
-            prompt=spec.prompt, negative_prompt=spec.negative_prompt, steps=settings.num_inference_steps,
-            sampler=settings.sampler, cfg_scale=settings.guidance_scale, seed=seed,
-            width=settings.width, height=settings.height, model=spec.model,
-        )
-        # Only what produced the pixels goes into the PNG, so the same request gives the same bytes.
-        request = {
-            "model": spec.model, "prompt": spec.prompt, "negative_prompt": spec.negative_prompt,
-            "settings": msgspec.to_builtins(settings), "seed": seed,
-            "image_number": number, "total_images": settings.num_images,
-        }
-        rendered.append(RenderedImage(encode_png(image, parameters, request), image.width, image.height, seed))
-    return rendered
-
-
-async def generate_images(command: GenerateImages, *, worker: Worker) -> None:
-    """Generate the job's images and publish each one; the command is acked once all are confirmed."""
-    job_id, attempt = command.job_id, command.attempt
-    bus = worker.bus
-    if worker.is_cancelled(job_id):
-        await bus.publish(JobCancelled(job_id=job_id, reason="cancelled while queued"))
-        return
-    # job.started is confirmed while the work begins; it is awaited before any outcome is sent.
-    started = asyncio.ensure_future(bus.publish(JobStarted(job_id=job_id, worker=worker.id, attempt=attempt)))
-    try:
-        outcome = await _generate(command, worker)
-    finally:
-        await started
-    # Written to the broker in order (image 1 first); the confirms are awaited together.
-    await asyncio.gather(*(bus.publish(event) for event in outcome))
-
-
-async def _generate(command: GenerateImages, worker: Worker) -> list[Event]:
-    """The events that end this attempt: its images, or why there are none."""
-    job_id, spec, attempt = command.job_id, command.spec, command.attempt
-    try:
-        entry = worker.catalog.model(spec.model)
-        model = await worker.model_for(entry, job_id)
-    except (KeyError, ModelLoadError) as exc:
-        reason = exc.args[0] if isinstance(exc, KeyError) else str(exc)
-        return [JobFailed(job_id=job_id, reason=reason, attempt=attempt)]
-    reporter = ProgressReporter(
-        loop=asyncio.get_running_loop(), publish=worker.bus.publish_soon, job_id=job_id, attempt=attempt,
-        total_images=spec.settings.num_images, rate=worker.progress_rate,
-        cancelled=lambda: worker.is_cancelled(job_id),
-    )
-    started = time.perf_counter()
-    try:
-        rendered = await worker.run(render, model, spec, reporter)
-    except Interrupted:
-        return [JobCancelled(job_id=job_id, reason="cancelled while generating")]
-    except InvalidRequest as exc:
-        return [JobFailed(job_id=job_id, reason=str(exc), attempt=attempt)]
-    seconds = round(time.perf_counter() - started, 4)
-    return [
-        ImageGenerated(
-            job_id=job_id,
-            image_id=image_id(job_id, number),
-            image_number=number,
-            total_images=len(rendered),
-            job_created_at=command.created_at,
-            attempt=attempt,
-            worker=worker.id,
-            width=image.width,
-            height=image.height,
-            png=image.png,
-            metadata=ImageMetadata(
-                job_id=job_id, model_id=spec.model, prompt=spec.prompt, negative_prompt=spec.negative_prompt,
-                settings=spec.settings, seed=image.seed, image_number=number, total_images=len(rendered),
-                generation_time=seconds,
-            ),
-        )
-        for number, image in enumerate(rendered, start=1)
-    ]
 
 
 async def fail_job(command: GenerateImages, error: Exception, *, worker: Worker) -> None:

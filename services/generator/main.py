@@ -18,7 +18,7 @@ from schemas.events import ModelLoaded
 from schemas.settings import Settings
 from services import runtime
 from services.bus import command_decoder
-from services.generator.handlers import Worker, fail_job, generate_images, remember_cancellation
+from services.generator.handlers import Options, Worker, fail_job, generate_images, remember_cancellation
 
 STAGE = "generator"
 log = structlog.get_logger(STAGE)
@@ -40,10 +40,14 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         warm = None
         log.error("default model failed to load", error=str(exc))
     async with runtime.connected(settings, STAGE) as bus:
-        worker = Worker(
-            bus=bus, catalog=catalog, cache=cache,
-            worker_id=f"{socket.gethostname()}-{os.getpid()}", progress_rate=settings.progress_rate,
+        options = Options(
+            progress_rate=settings.progress_rate, preview_every=settings.preview_every,
+            max_batch=settings.max_batch, lora_folder=runtime.layout(settings).loras_dir,
         )
+        worker = Worker(
+            bus=bus, catalog=catalog, cache=cache, worker_id=f"{socket.gethostname()}-{os.getpid()}", options=options,
+        )
+        batching = asyncio.create_task(worker.batcher.run())
         if warm is not None:
             await bus.publish(ModelLoaded(
                 job_id="", model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
@@ -51,14 +55,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         await bus.subscribe(
             [topology.JOB_CANCEL_REQUESTED], partial(remember_cancellation, worker=worker), name="generator-cancellations"
         )
+        # Prefetch twice the batch: the next batch is already here while one runs.
         await bus.consume(
             STAGE,
             partial(generate_images, worker=worker),
             decoder=command_decoder,
             on_failure=partial(fail_job, worker=worker),
-            prefetch=1,
+            prefetch=2 * settings.max_batch,
         )
         await stop.wait()
+        batching.cancel()
     worker.executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -1,25 +1,26 @@
-"""What the ingress does for each request, free of HTTP: validate, resolve, write, publish."""
+"""What the ingress does for each request, free of HTTP: accept, cancel, read."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import structlog
 
-from schemas.api import JobRequest
+from schemas.api import JobCancelAnswer, JobRequest
 from schemas.catalog import Catalog
-from schemas.events import JobAccepted, new_id, utcnow
-from schemas.jobs import GenerationSettings, ImageRecord, JobDocument, JobSpec
+from schemas.events import JobAccepted, JobCancelled, JobCancelRequested, new_id, utcnow
+from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
 from schemas.layout import DataLayout, is_job_id, split_image_id
 from schemas.settings import Settings
-from services.bus import Bus, BrokerUnavailable
-from services.files import create_file
+from services.bus import BrokerUnavailable, Bus
+from services.files import create_file, write_atomic_many
 from services.ingress.errors import ApiError, not_found
+from services.ingress.requests import Resolved, resolve_job
 
 log = structlog.get_logger("ingress")
 _encoder = msgspec.json.Encoder()
@@ -43,41 +44,21 @@ class Ingress:
         return self.bus
 
 
-def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, owner: str | None) -> JobSpec:
-    """Check the request against the catalog and limits, fill every default, choose the seed."""
-    prompt = request.prompt.strip()
-    if not prompt:
-        raise ApiError(400, "prompt must not be empty")
-    for name, text in (("prompt", prompt), ("negative_prompt", request.negative_prompt or "")):
-        if len(text) > settings.max_prompt_length:
-            raise ApiError(400, f"{name} is {len(text)} characters; the limit is {settings.max_prompt_length}")
-    try:
-        entry = catalog.model(request.model)
-    except KeyError as exc:
-        raise ApiError(400, f"model: {exc.args[0]}") from None
-    if request.style is not None and request.style not in catalog.styles:
-        raise ApiError(400, f"style: unknown style {request.style!r}; valid styles: {', '.join(sorted(catalog.styles))}")
-    given, defaults = request.settings, entry.defaults
-    settings_ = GenerationSettings(
-        num_images=given.num_images or 1,
-        num_inference_steps=given.num_inference_steps or defaults.num_inference_steps,
-        guidance_scale=defaults.guidance_scale if given.guidance_scale is None else given.guidance_scale,
-        width=given.width or defaults.width,
-        height=given.height or defaults.height,
-        seed=given.seed if given.seed not in (None, -1) else secrets.randbelow(2**32 - 16),
-        sampler=defaults.sampler,
-    )
-    error = entry.settings_error(settings_.width, settings_.height, settings_.num_inference_steps)
-    if error:
-        raise ApiError(400, error)
-    return JobSpec(
-        prompt=prompt,
-        negative_prompt=(request.negative_prompt or "").strip() or None,
-        model=entry.id,
-        style=request.style,
-        settings=settings_,
-        owner=owner,
-    )
+def _store_inputs(layout: DataLayout, job_id: str, resolved: Resolved) -> dict[str, str]:
+    """Write the job's uploaded input images; returns the spec fields pointing at them."""
+    inputs, files, fields = resolved.inputs, [], {}
+    folder = layout.inputs_dir / job_id
+    if inputs.init_image_path is not None:
+        fields["init_image"] = inputs.init_image_path
+    elif inputs.init_image is not None:
+        files.append((folder / "init.png", inputs.init_image.png))
+        fields["init_image"] = str((folder / "init.png").relative_to(layout.base))
+    if inputs.mask_image is not None:
+        files.append((folder / "mask.png", inputs.mask_image.png))
+        fields["mask_image"] = str((folder / "mask.png").relative_to(layout.base))
+    if files:
+        write_atomic_many(files, durable=False)
+    return fields
 
 
 async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None) -> JobDocument:
@@ -86,12 +67,15 @@ async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None
     The broker's confirm is the durability point (job.accepted sits in quorum queues, fsynced by
     RabbitMQ); the document is written first only so that GET answers at once after the 202, and
     the recorder recreates it from job.accepted if a power cut lost it. If the broker cannot take
-    the event, the document is removed again and nothing is accepted.
+    the event, the document (and any input image) is removed again and nothing is accepted.
     """
-    spec = resolve_job(request, ctx.catalog, ctx.settings, owner)
+    resolved = resolve_job(request, ctx.catalog, ctx.settings, ctx.layout, owner)
     bus = ctx.require_bus()
     job_id = new_id()
     now = utcnow()
+    spec = resolved.spec
+    if resolved.inputs.init_image is not None:
+        spec = msgspec.structs.replace(spec, **await asyncio.to_thread(_store_inputs, ctx.layout, job_id, resolved))
     doc = JobDocument.new(job_id, spec, now)
     path = ctx.layout.job(job_id)
     create_file(path, _encoder.encode(doc))
@@ -100,9 +84,24 @@ async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()
+        shutil.rmtree(ctx.layout.inputs_dir / job_id, ignore_errors=True)
         raise
-    log.info("job accepted", job_id=job_id, model=spec.model, images=spec.settings.num_images)
+    log.info("job accepted", job_id=job_id, model=spec.model, mode=spec.mode, images=spec.settings.num_images)
     return doc
+
+
+async def cancel_job(ctx: Ingress, job_id: str, requested_by: str | None = None) -> JobCancelAnswer:
+    """Cancel a job: a queued one ends now and never runs; a running one stops within one step."""
+    doc = read_job(ctx, job_id)
+    if doc.status in TERMINAL_STATUSES:
+        raise ApiError(409, f"job {job_id!r} is already {doc.status}")
+    bus = ctx.require_bus()
+    # Every generator hears the request: whichever holds the job stops it, the others skip it.
+    await bus.publish(JobCancelRequested(job_id=job_id, requested_by=requested_by))
+    if doc.status == "pending":
+        await bus.publish(JobCancelled(job_id=job_id, reason="cancelled while queued"))
+        return JobCancelAnswer(id=job_id, status="cancelled", message="The job was cancelled before it started")
+    return JobCancelAnswer(id=job_id, status="cancelling", message="The job stops within one step; its images are discarded")
 
 
 def read_job_bytes(ctx: Ingress, job_id: str) -> bytes:
@@ -117,6 +116,16 @@ def read_job_bytes(ctx: Ingress, job_id: str) -> bytes:
 
 def read_job(ctx: Ingress, job_id: str) -> JobDocument:
     return _doc_decoder.decode(read_job_bytes(ctx, job_id))
+
+
+def preview_path(ctx: Ingress, job_id: str) -> Path:
+    """The latest preview of a running job, or 404 saying why there is none."""
+    doc = read_job(ctx, job_id)
+    path = ctx.layout.preview(job_id)
+    if doc.status in TERMINAL_STATUSES or not path.exists():
+        reason = f"job {job_id!r} is {doc.status}" if doc.status in TERMINAL_STATUSES else "no preview yet"
+        raise ApiError(404, f"no preview for job {job_id!r}: {reason}")
+    return path
 
 
 def image_paths(ctx: Ingress, image_id: str) -> tuple[Path, Path]:

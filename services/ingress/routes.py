@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
@@ -16,11 +16,14 @@ from schemas.api import (
     EnrichResponse,
     ErrorBody,
     Health,
+    JobCancelAnswer,
+    SamplerInfo,
     JobCreated,
     JobRequest,
     ModelInfo,
     ModelList,
 )
+from schemas.catalog import SAMPLERS
 from schemas.jobs import ImageMetadata, JobDocument
 from services.ingress import handlers
 from services.ingress.errors import ApiError
@@ -59,6 +62,17 @@ class JobRoutes(Controller):
     async def read(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> Response[JobDocument]:
         # A small file in the page cache: reading it inline is cheaper than a thread hop.
         return Response(content=handlers.read_job_bytes(ctx, job_id), media_type=JSON)
+
+    @delete("/{job_id:str}", status_code=202, summary="Cancel a job")
+    async def cancel(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> JobCancelAnswer:
+        """A queued job is cancelled at once and never runs; a running one stops within one step
+        and its partial images are discarded. 409 when the job already ended."""
+        return await handlers.cancel_job(ctx, job_id)
+
+    @get("/{job_id:str}/preview", summary="The latest preview of a running job (PNG)", media_type="image/png")
+    async def preview(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> File:
+        path = handlers.preview_path(ctx, job_id)
+        return File(path=path, media_type="image/png", filename=f"{job_id}-preview.png", content_disposition_type="inline")
 
 
 class ImageRoutes(Controller):
@@ -104,6 +118,11 @@ async def list_models(ctx: NamedDependency[Ingress]) -> ModelList:
     return ModelList(models=models, default=ctx.catalog.default)
 
 
+@get("/v1/samplers", tags=["models"], summary="Samplers by their A1111 names")
+async def list_samplers() -> list[SamplerInfo]:
+    return [SamplerInfo(name=name, scheduler=scheduler, options=options) for name, (scheduler, options) in SAMPLERS.items()]
+
+
 @post("/v1/enrich", tags=["prompts"], summary="Apply a style template to a prompt", status_code=200)
 async def enrich(ctx: NamedDependency[Ingress], data: JSONBody[EnrichRequest]) -> EnrichResponse:
     try:
@@ -139,5 +158,5 @@ async def docs() -> Redirect:
     return Redirect(path="/schema/docs")
 
 
-ROUTES = [JobRoutes, ImageRoutes, list_models, enrich, health, docs]
+ROUTES = [JobRoutes, ImageRoutes, list_models, list_samplers, enrich, health, docs]
 DEPENDENCIES = {"ctx": Provide(provide_ctx, sync_to_thread=False)}

@@ -70,11 +70,12 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
         case JobProgressed():
             doc.status = "processing"
             progress.preparing = progress.loading_model = False
-            progress.generating = event.phase == "generating"
+            progress.generating = event.phase in ("generating", "hires")
             progress.step, progress.total_steps = event.step, event.total_steps
             progress.image_index = event.image_index
             images = f"image {event.image_index} of {event.total_images}" if event.total_images > 1 else "image"
-            doc.message = f"Generating {images}... Step {event.step}/{event.total_steps}"
+            phase = " (hires pass)" if event.phase == "hires" else ""
+            doc.message = f"Generating {images}{phase}... Step {event.step}/{event.total_steps}"
         case ImageGenerated():
             progress.generating = False
             progress.saving = True
@@ -90,7 +91,7 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
             doc.progress = Progress(
                 completed=True, step=progress.total_steps, total_steps=progress.total_steps
             )
-            doc.message = f"Generated {len(event.image_ids)} image(s)"
+            doc.message = " ".join((f"Generated {len(event.image_ids)} image(s)", *(f"({n})" for n in doc.notices)))
         case JobFailed():
             doc.status = "failed"
             doc.error = event.reason

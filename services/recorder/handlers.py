@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import structlog
 
 from schemas.events import Event, JobProgressed
-from schemas.jobs import JobDocument
+from schemas.jobs import TERMINAL_STATUSES, JobDocument
 from schemas.layout import DataLayout
 from services.files import write_atomic
 from services.recorder.documents import apply_event
@@ -73,6 +73,8 @@ class Recorder:
                 changed[doc.id] = doc
         for doc in changed.values():
             self.jobs.write(doc)
+            if doc.status in TERMINAL_STATUSES:
+                self.layout.preview(doc.id).unlink(missing_ok=True)
         if list(self.jobs.active) != active_before:
             self.jobs.write_queue_file()
         self._unapplied.clear()

@@ -29,7 +29,9 @@ async def test_submit_is_durable_and_readable_at_once(client, settings, tap):
     job = (await client.get(body["status_url"])).json()
     assert job["status"] == "pending" and job["prompt"] == "a red fox" and job["progress"]["preparing"] is True
     assert job["settings"] == {"num_images": 1, "num_inference_steps": 8, "guidance_scale": 7.5, "width": 64,
-                               "height": 64, "seed": 5, "sampler": None}
+                               "height": 64, "seed": 5, "sampler": "Euler", "batch_size": 1, "strength": None,
+                               "hires": None}
+    assert (job["mode"], job["loras"], job["notices"]) == ("txt2img", [], [])
     [accepted] = await tap.wait(JobAccepted, body["id"])
     assert accepted.spec.settings.seed == 5 and accepted.spec.model == "tiny-sd"
 

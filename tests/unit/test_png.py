@@ -18,6 +18,14 @@ def test_parameters_in_a1111_layout():
     )
 
 
+def test_loras_denoising_and_hires_follow_a1111():
+    text = a1111_parameters(prompt="a fox", negative_prompt=None, steps=4, sampler=None, cfg_scale=7.5, seed=1,
+                            width=128, height=128, model="tiny-sd", denoising_strength=0.6, hires_scale=2,
+                            hires_steps=4, loras=(("detail", 0.8),))
+    assert text.splitlines()[0] == "a fox <lora:detail:0.8>"
+    assert text.splitlines()[1].endswith("Denoising strength: 0.6, Hires upscale: 2, Hires steps: 4, Hires upscaler: Lanczos")
+
+
 def test_chunks_survive_encoding_and_encoding_is_deterministic():
     image = Image.new("RGB", (16, 8), (200, 30, 30))
     first = encode_png(image, "params", {"seed": 1, "prompt": "p"})

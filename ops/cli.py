@@ -49,7 +49,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_CASES = ("overhead", "saturation", "memory", "ingress", "broker", "readside")
+DEFAULT_CASES = ("overhead", "saturation", "batching", "memory", "ingress", "broker", "readside")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,22 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """A random LoRA for the tiny model (it visibly changes the output)."""
+    from pipelines.tiny import build_tiny_lora
+
+    return build_tiny_lora(tmp_path_factory.mktemp("loras") / "fox.safetensors", tiny_model)
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny model (other random weights), for catalogs with two models."""
+    from pipelines.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-b", seed=1)
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "var"

@@ -71,7 +71,7 @@ class Context:
         self.amqp_url = amqp_url
         self.tiny_model = tiny_model
         self.quick = quick
-        self._generation_stack: Stack | None = None
+        self._generation_stacks: dict[int, Stack] = {}
         self.idle_rss: dict[str, int] = {}
         self._stacks: list[Stack] = []
         self._bare: BareLoop | None = None
@@ -86,18 +86,20 @@ class Context:
         await stack.wait_consuming()
         return stack
 
-    async def generation_stack(self) -> Stack:
-        """The full stack the generation cases share; its idle RSS is read once, after warm-up."""
-        if self._generation_stack is None:
+    async def generation_stack(self, max_batch: int = 4) -> Stack:
+        """The full stack the generation cases share (one per batch setting); the default one's
+        idle RSS is read once, after warm-up."""
+        if max_batch not in self._generation_stacks:
             from ops.bench.cases import warm_up
-
-            self._generation_stack = await self.stack("generation")
-            await warm_up(self, self._generation_stack)
-            await asyncio.sleep(1.0)
             from ops.bench.stack import rss
 
-            self.idle_rss = {name: rss(pid)[0] for name, pid in self._generation_stack.service_pids().items()}
-        return self._generation_stack
+            stack = await self.stack(f"generation-{max_batch}", env={"DARKROOM_MAX_BATCH": str(max_batch)})
+            await warm_up(self, stack)
+            self._generation_stacks[max_batch] = stack
+            if max_batch == 4:
+                await asyncio.sleep(1.0)
+                self.idle_rss = {name: rss(pid)[0] for name, pid in stack.service_pids().items()}
+        return self._generation_stacks[max_batch]
 
     async def bare(self) -> BareLoop:
         """A long-lived bare diffusers process, for interleaving its calls with Darkroom jobs."""

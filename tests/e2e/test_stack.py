@@ -99,6 +99,43 @@ def test_bad_input_is_refused_with_the_field_named(stack: Stack):
         assert client.get("/v1/jobs/0c907066-985e-467b-8d11-07419060ef91").status_code == 404
 
 
+def test_a_running_job_shows_previews_and_cancels_within_a_step(stack: Stack):
+    queue_file = stack.data_dir / "queue.txt"
+    with stack.client() as client:
+        job_id = submit(client, width=256, height=256, num_inference_steps=50, seed=3)
+        preview = wait_for_sync(
+            lambda: (answer := client.get(f"/v1/jobs/{job_id}/preview")).status_code == 200 and answer,
+            timeout=60, what="a preview while the job runs",
+        )
+        assert preview.headers["content-type"] == "image/png" and preview.content.startswith(b"\x89PNG")
+        step_before = client.get(f"/v1/jobs/{job_id}").json()["progress"]["step"]
+        answer = client.delete(f"/v1/jobs/{job_id}")
+        assert answer.status_code == 202 and answer.json()["status"] == "cancelling"
+        doc = wait_done(client, job_id)
+        assert doc["status"] == "cancelled" and doc["images"] == []
+        assert doc["progress"]["step"] < 50
+        assert client.get(f"/v1/jobs/{job_id}/preview").status_code == 404
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 409
+    assert not list((stack.data_dir / "images").rglob(f"{job_id}_*")), "no partial images saved"
+    wait_for_sync(lambda: job_id not in queue_file.read_text().split(), what="cancelled job gone from queue.txt")
+    assert step_before >= 1
+
+
+def test_img2img_from_an_image_darkroom_made(stack: Stack):
+    with stack.client() as client:
+        source = wait_done(client, submit(client, width=64, height=64, num_inference_steps=4, seed=9))
+        answer = client.post("/v1/jobs", json={
+            "prompt": "the same fox, at night", "init_image_id": source["images"][0]["id"],
+            "settings": {"strength": 0.5, "num_inference_steps": 8, "sampler": "DPM++ 2M Karras"},
+        })
+        assert answer.status_code == 202, answer.text
+        doc = wait_done(client, answer.json()["id"])
+        assert doc["status"] == "completed" and doc["mode"] == "img2img"
+        png = client.get(f"/v1/images/{doc['images'][0]['id']}").content
+        text = read_png_text(png)["parameters"]
+        assert "Sampler: DPM++ 2M Karras" in text and "Denoising strength: 0.5" in text
+
+
 def test_sigterm_stops_every_service_and_the_broker(stack: Stack):
     """Runs last in this module (pytest keeps file order): the stack is stopped for good."""
     port = broker_port(stack)

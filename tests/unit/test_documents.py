@@ -124,3 +124,12 @@ def test_deleting_an_image_edits_even_a_completed_job():
 
 def test_events_for_unknown_jobs_change_nothing():
     assert apply_event(None, JobStarted(job_id=JOB, worker="w", occurred_at=at(1))) is None
+
+
+def test_notices_about_the_request_stay_in_the_message():
+    spec = JobSpec(prompt="a castle", model="flux", settings=SETTINGS, notices=("negative prompt ignored: model 'flux' does not use one",))
+    doc = apply_event(None, JobAccepted(job_id=JOB, spec=spec, occurred_at=T0))
+    assert doc.message == "Queued (negative prompt ignored: model 'flux' does not use one)"
+    doc = apply_event(doc, JobCompleted(job_id=JOB, image_ids=[f"{JOB}_1"], occurred_at=at(1)))
+    assert doc.message == "Generated 1 image(s) (negative prompt ignored: model 'flux' does not use one)"
+    assert doc.notices == spec.notices

@@ -49,6 +49,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from ops import deadletters
+    from schemas.topology import Topology
+
+    settings = _settings()
+    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    topology = Topology(settings.namespace)
+    if args.action == "list":
+        deadletters.run_list(url, topology, args.json)
+    else:
+        deadletters.run_replay(url, topology, args.ids, args.all)
+    return 0
+
+
 DEFAULT_CASES = ("overhead", "saturation", "batching", "memory", "ingress", "broker", "readside")
 
 
@@ -62,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small counts: keeps the harness working in the test suite")
     bench.add_argument("--results", default="bench/results", help="folder for <timestamp>.json")
     bench.set_defaults(func=cmd_bench)
+    ops = sub.add_parser("ops", help="operate a running installation")
+    ops_sub = ops.add_subparsers(dest="ops_command", required=True)
+    dead = ops_sub.add_parser("dead-letters", help="list or replay messages that could not be processed")
+    dead.add_argument("action", choices=("list", "replay"))
+    dead.add_argument("ids", nargs="*", help="message ids to replay")
+    dead.add_argument("--all", action="store_true", help="replay every dead letter")
+    dead.add_argument("--json", action="store_true", help="list as JSON")
+    dead.set_defaults(func=cmd_dead_letters)
     schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
     schema.set_defaults(func=cmd_schema)
     return parser

@@ -38,6 +38,7 @@ def _die_with_parent() -> None:
 @dataclass
 class Child:
     name: str
+    module: str
     process: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -48,12 +49,16 @@ class Supervisor:
     def __init__(self, settings: Settings, env: dict[str, str]):
         self.settings = settings
         self.env = env
-        self.children = [Child(name) for name in settings.service_list]
+        self.children = []
+        for name in settings.service_list:
+            copies = max(1, settings.generators) if name == "generator" else 1
+            for n in range(1, copies + 1):
+                self.children.append(Child(f"{name}-{n}" if copies > 1 else name, f"services.{name}"))
         self.stopping = False
 
     def start_child(self, child: Child) -> None:
         child.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{child.name}"], env=self.env, preexec_fn=_die_with_parent
+            [sys.executable, "-m", child.module], env=self.env, preexec_fn=_die_with_parent
         )
         child.started_at = time.monotonic()
         log.info("service started", service=child.name, pid=child.process.pid)
@@ -140,6 +145,8 @@ def run(settings: Settings) -> int:
         supervisor.watch()
         if broker is not None:
             broker.wait_ready()
+            # For `darkroom ops` and subscribers on this machine: where the private broker is.
+            (data / "rabbitmq" / "url").write_text(broker.url + "\n")
             log.info("broker started", url=broker.url, seconds=round(time.monotonic() - started, 1))
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         health = f"http://{host}:{settings.port}/health"

@@ -76,6 +76,16 @@ class JobCancelAnswer(msgspec.Struct, kw_only=True):
     message: str
 
 
+class ResetAnswer(msgspec.Struct, kw_only=True):
+    """POST /v1/queue/reset-stalled (CyberImage's /reset_queue shape, plus what happened to whom)."""
+
+    status: str
+    reset_count: int
+    failed_count: int
+    job_ids: list[str]
+    message: str
+
+
 class SamplerInfo(msgspec.Struct, kw_only=True):
     """One entry of GET /v1/samplers."""
 

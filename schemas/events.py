@@ -152,10 +152,13 @@ class JobStalled(Event, tag=t.JOB_STALLED, kw_only=True):
 
 
 class JobRequeued(Event, tag=t.JOB_REQUEUED, kw_only=True):
-    """The job was put back in the queue for another attempt."""
+    """The job was put back in the queue: for another attempt (after a stall or an error), or
+    with the same attempt (its worker shut down). Results of older attempts are ignored."""
 
     attempt: int
     reason: str
+    # An operator replayed a parked job: this may bring a failed job back.
+    replay: bool = False
 
 
 class ImageDeleted(Event, tag=t.IMAGE_DELETED, kw_only=True):
@@ -225,7 +228,23 @@ class GenerateImages(Command, tag=t.GENERATE_IMAGES, kw_only=True):
     mask_image: bytes | None = None
 
 
-AnyCommand = GenerateImages
+class SweepStalled(Command, tag=t.SWEEP_STALLED, kw_only=True):
+    """Ask the reaper to sweep now (POST /v1/queue/reset-stalled); it answers how many jobs it reset.
+
+    `silent_seconds` overrides the stall timeout for this sweep (never below 1 s)."""
+
+    silent_seconds: float | None = None
+
+
+class SweepResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The reaper's answer to SweepStalled."""
+
+    reset_count: int
+    failed_count: int
+    job_ids: list[str]
+
+
+AnyCommand = GenerateImages | SweepStalled
 
 
 def event_schema() -> dict:

@@ -134,6 +134,17 @@ class JobDocument(msgspec.Struct, kw_only=True):
     mode: Mode = "txt2img"
     loras: tuple[LoraRef, ...] = ()
     notices: tuple[str, ...] = ()
+    # Input images, as paths inside the data directory.
+    init_image: str | None = None
+    mask_image: str | None = None
+
+    def spec(self) -> JobSpec:
+        """The job as the generator needs it (prompts as enriched), e.g. to queue it again."""
+        return JobSpec(
+            prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model, style=self.style,
+            settings=self.settings, owner=self.owner, mode=self.mode, init_image=self.init_image,
+            mask_image=self.mask_image, loras=self.loras, notices=self.notices,
+        )
 
     @classmethod
     def new(cls, job_id: str, spec: JobSpec, created_at: datetime) -> JobDocument:
@@ -155,4 +166,6 @@ class JobDocument(msgspec.Struct, kw_only=True):
             mode=spec.mode,
             loras=spec.loras,
             notices=spec.notices,
+            init_image=spec.init_image,
+            mask_image=spec.mask_image,
         )

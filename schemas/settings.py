@@ -17,7 +17,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 
 
-SERVICES = ("recorder", "saver", "enricher", "generator", "ingress")
+SERVICES = ("recorder", "saver", "enricher", "generator", "reaper", "ingress")
 
 
 class SettingsError(ValueError):
@@ -53,7 +53,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_prompt_length: int = 500
     max_body_bytes: int = 20 * 1024**2
     # Which services `darkroom run` starts on this machine (a GPU box may run only `generator`).
-    services: str = "recorder,saver,enricher,generator,ingress"
+    services: str = "recorder,saver,enricher,generator,reaper,ingress"
+    # Generator processes `darkroom run` starts (e.g. one per GPU, with CUDA_VISIBLE_DEVICES set by you).
+    generators: int = 1
+    # Attempts a job gets (stalls, crashes, pipeline errors) before it fails with the reason.
+    max_attempts: int = 3
+    # A processing job silent this long (no step, no heartbeat) is stalled and requeued.
+    stall_timeout: float = 30.0
+    # Generators say "still working on it" this often (seconds) for every job they hold.
+    heartbeat_interval: float = 5.0
+    # On SIGTERM a generator lets its current call run this long, then stops it at the next step
+    # and puts its jobs back in the queue.
+    shutdown_grace: float = 10.0
 
     @property
     def service_list(self) -> tuple[str, ...]:

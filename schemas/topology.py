@@ -30,11 +30,14 @@ WORKER_HEARTBEAT = "worker.heartbeat"
 
 # Routing keys on the commands exchange (direct): each has exactly one consuming queue.
 GENERATE_IMAGES = "generate_images"
+SWEEP_STALLED = "sweep_stalled"
 
 # Which routing keys each stage's queue receives. The recorder takes every event.
 ENRICHER_KEYS = (JOB_ACCEPTED,)
 SAVER_KEYS = (IMAGE_GENERATED,)
 RECORDER_KEYS = ("#",)
+# The reaper follows each job's liveness: everything a worker says about a job, and its end.
+REAPER_KEYS = ("job.#", "model.#", IMAGE_GENERATED, WORKER_HEARTBEAT)
 
 
 class Topology(msgspec.Struct, frozen=True):
@@ -61,6 +64,11 @@ class Topology(msgspec.Struct, frozen=True):
     def dead_letters(self) -> str:
         """The one queue holding dead letters, for operators to list and replay."""
         return f"{self.namespace}.dead-letters"
+
+    @property
+    def reaper_dead_letters(self) -> str:
+        """The reaper's own copy of every dead letter: it fails the job a parked message belonged to."""
+        return f"{self.namespace}.reaper.dead-letters"
 
     def queue(self, stage: str) -> str:
         """The durable queue a stage consumes (`enricher`, `generator`, `saver`, `recorder`...)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -36,6 +37,9 @@ from schemas.topology import Topology
 log = structlog.get_logger("bus")
 
 DELIVERY_LIMIT = 5
+# A generator command that kills its worker is tried four times in all (one delivery and three
+# redeliveries), then parked; the reaper fails its job with the reason.
+GENERATOR_DELIVERY_LIMIT = 3
 PUBLISH_TIMEOUT = 15.0
 REASON_HEADER = "x-darkroom-reason"
 QUEUE_HEADER = "x-darkroom-queue"
@@ -49,6 +53,10 @@ command_decoder = msgspec.json.Decoder(AnyCommand)
 CONNECTION_ERRORS = (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
 
 T = TypeVar("T")
+
+# How many times the message being handled was delivered before (0 on its first delivery):
+# quorum queues count returns to the queue, from a nack or from a consumer that died holding it.
+delivery_count: contextvars.ContextVar[int] = contextvars.ContextVar("delivery_count", default=0)
 
 
 class Retry(Exception):
@@ -181,7 +189,7 @@ class Bus:
     async def consume(
         self,
         stage: str,
-        handle: Callable[[T], Awaitable[None]],
+        handle: Callable[[T], Awaitable[object]],
         *,
         decoder: msgspec.json.Decoder,
         prefetch: int = 8,
@@ -190,7 +198,8 @@ class Bus:
         """Consume a stage's queue: decode, call `handle`, then ack; dead-letter what fails.
 
         `on_failure` runs before a failed message is dead-lettered, so that the stage can end the
-        job with the reason (an accepted job must never just disappear).
+        job with the reason (an accepted job must never just disappear). When the message asks for
+        an answer (`reply_to`), what `handle` returns is encoded and sent back.
         """
         queue_name = self.topology.queue(stage)
 
@@ -201,8 +210,9 @@ class Bus:
                 log.warning("undecodable message dead-lettered", queue=queue_name, error=str(exc))
                 await settle(self.dead_letter(message, f"undecodable: {exc}", queue_name))
                 return
+            delivery_count.set(int((message.headers or {}).get("x-delivery-count", 0) or 0))
             try:
-                await handle(item)
+                answer = await handle(item)
             except Retry as exc:
                 log.info("message requeued", queue=queue_name, reason=str(exc))
                 await asyncio.sleep(0.5)
@@ -225,6 +235,8 @@ class Bus:
                         return
                 await settle(self.dead_letter(message, f"{type(exc).__name__}: {exc}", queue_name))
                 return
+            if message.reply_to and answer is not None:
+                await settle(self._reply(message, answer))
             await settle(message.ack())
 
         return await self.consume_raw(stage, on_message, prefetch=prefetch)
@@ -237,6 +249,38 @@ class Bus:
             return queue.declaration_result.consumer_count
         finally:
             await channel.close()
+
+    async def request(self, command: Command, timeout: float = 10.0) -> bytes:
+        """Send a command and wait for its answer (RabbitMQ's direct reply-to); raises TimeoutError."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            answers: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            reply_queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+            await reply_queue.consume(answers.put, no_ack=True)
+            commands = await channel.get_exchange(self.topology.commands, ensure=False)
+            await commands.publish(
+                aio_pika.Message(
+                    encoder.encode(command), content_type="application/json", message_id=command.command_id,
+                    correlation_id=command.command_id, reply_to="amq.rabbitmq.reply-to",
+                    type=routing_key(command), expiration=timeout,
+                ),
+                routing_key=routing_key(command),
+                mandatory=False,
+            )
+            async with asyncio.timeout(timeout):
+                while True:
+                    answer = await answers.get()
+                    if answer.correlation_id == command.command_id:
+                        return answer.body
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def _reply(self, message: AbstractIncomingMessage, answer: object) -> None:
+        reply = aio_pika.Message(encoder.encode(answer), content_type="application/json",
+                                 correlation_id=message.correlation_id)
+        channel = self._confirming
+        await channel.default_exchange.publish(reply, routing_key=message.reply_to, mandatory=False)
 
     async def subscribe(
         self, keys: Iterable[str], handle: Callable[[Event], Awaitable[None]], *, name: str
@@ -263,10 +307,15 @@ class Bus:
         self._consumers.append((queue, tag))
         return queue
 
-    async def close(self) -> None:
-        for queue, tag in self._consumers:
+    async def cancel_consumers(self) -> None:
+        """Stop receiving new messages (those already delivered stay ours to finish or return)."""
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
+
+    async def close(self) -> None:
+        await self.cancel_consumers()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=2)
         with contextlib.suppress(Exception):
@@ -279,11 +328,11 @@ async def settle(action: Awaitable[Any]) -> None:
         await action
 
 
-def queue_arguments(topology: Topology, name: str) -> dict[str, Any]:
+def queue_arguments(topology: Topology, name: str, delivery_limit: int = DELIVERY_LIMIT) -> dict[str, Any]:
     """Quorum queue that counts deliveries and dead-letters poison messages without losing them."""
     return {
         "x-queue-type": "quorum",
-        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-delivery-limit": delivery_limit,
         "x-dead-letter-exchange": topology.dead_letter,
         "x-dead-letter-routing-key": name,
         "x-dead-letter-strategy": "at-least-once",
@@ -297,7 +346,10 @@ STAGE_BINDINGS: dict[str, tuple[str, Iterable[str]]] = {
     "generator": ("commands", (topology.GENERATE_IMAGES,)),
     "saver": ("events", topology.SAVER_KEYS),
     "recorder": ("events", topology.RECORDER_KEYS),
+    "reaper": ("events", topology.REAPER_KEYS),
+    "reaper.commands": ("commands", (topology.SWEEP_STALLED,)),
 }
+DELIVERY_LIMITS = {"generator": GENERATOR_DELIVERY_LIMIT}
 
 
 async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
@@ -305,12 +357,14 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     events = await channel.declare_exchange(topo.events, aio_pika.ExchangeType.TOPIC, durable=True)
     commands = await channel.declare_exchange(topo.commands, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(topo.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True)
-    dead_letters = await channel.declare_queue(topo.dead_letters, durable=True, arguments={"x-queue-type": "quorum"})
-    await dead_letters.bind(dead, routing_key="")
+    for name in (topo.dead_letters, topo.reaper_dead_letters):
+        parked = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        await parked.bind(dead, routing_key="")
     exchanges = {"events": events, "commands": commands}
     for stage, (exchange, keys) in STAGE_BINDINGS.items():
         name = topo.queue(stage)
-        queue = await channel.declare_queue(name, durable=True, arguments=queue_arguments(topo, name))
+        arguments = queue_arguments(topo, name, DELIVERY_LIMITS.get(stage, DELIVERY_LIMIT))
+        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
         for key in keys:
             await queue.bind(exchanges[exchange], routing_key=key)
 

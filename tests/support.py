@@ -100,7 +100,7 @@ async def drop_namespace(bus: Bus) -> None:
 
     topo = bus.topology
     channel = await bus.connection.channel()
-    for name in [topo.queue(stage) for stage in STAGE_BINDINGS] + [topo.dead_letters]:
+    for name in [topo.queue(stage) for stage in STAGE_BINDINGS] + [topo.dead_letters, topo.reaper_dead_letters]:
         with contextlib.suppress(Exception):
             await channel.queue_delete(name)
     for name in (topo.events, topo.commands, topo.dead_letter):

@@ -161,7 +161,8 @@ async def drop_namespace(amqp_url: str, namespace: str) -> None:
     topo = Topology(namespace)
     connection = await aio_pika.connect_robust(amqp_url)
     try:
-        for name in [topo.queue(s) for s in SERVICES if s != "ingress"] + [topo.dead_letters]:
+        stages = [s for s in SERVICES if s != "ingress"] + ["reaper.commands"]
+        for name in [topo.queue(s) for s in stages] + [topo.dead_letters, topo.reaper_dead_letters]:
             channel = await connection.channel()
             with contextlib.suppress(Exception):
                 await channel.queue_delete(name)

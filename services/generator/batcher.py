@@ -34,9 +34,10 @@ class Waiting:
         return self.command.spec.settings.num_images
 
     def shareable(self, capacity: int) -> bool:
-        # A job that asked for fewer images per call (A1111 batch_size) runs on its own.
+        # A job that asked for fewer images per call (A1111 batch_size) runs on its own, and so
+        # does a retried one: if it is what broke its last call, it breaks nobody else's.
         settings = self.command.spec.settings
-        return settings.num_images <= min(capacity, settings.batch_size)
+        return self.command.attempt == 1 and settings.num_images <= min(capacity, settings.batch_size)
 
 
 class Batcher:
@@ -45,6 +46,26 @@ class Batcher:
         self.capacity = max(1, capacity)
         self._waiting: list[Waiting] = []
         self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+    def drain(self) -> list[Waiting]:
+        """Stop taking batches and hand back every job not started yet."""
+        self._closed = True
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+    async def idle(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) for the running batch to end."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
 
     async def submit(self, command: GenerateImages) -> None:
         """Queue a job and return once its outcome is published (raises what its batch raised)."""
@@ -69,17 +90,22 @@ class Batcher:
         return batch
 
     async def run(self) -> None:
-        while True:
+        while not self._closed:
             while not self._waiting:
                 self._arrived.clear()
                 await self._arrived.wait()
+            if self._closed:
+                break
             batch = self.take_batch()
+            self._idle.clear()
             try:
                 await self.run_batch(batch)
             except Exception as exc:  # noqa: BLE001 - handed to each job's consumer to dead-letter
                 for waiting in batch:
                     if not waiting.done.done():
                         waiting.done.set_exception(exc)
+            finally:
+                self._idle.set()
             for waiting in batch:
                 if not waiting.done.done():
                     waiting.done.set_result(None)

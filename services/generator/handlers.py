@@ -27,13 +27,17 @@ from schemas.events import (
     JobCancelled,
     JobCancelRequested,
     JobFailed,
+    JobRequeued,
     JobStarted,
     ModelEvicted,
     ModelLoaded,
     ModelLoading,
+    WorkerHeartbeat,
 )
 from schemas.jobs import ImageMetadata, JobSpec
 from schemas.layout import image_id
+from services.bus import Retry, delivery_count
+from services.generator import faults
 from services.generator.batcher import Batcher, Waiting
 from services.generator.progress import ProgressReporter, Slot
 
@@ -45,6 +49,7 @@ REMEMBERED_CANCELLATIONS = 10_000
 class Publisher(Protocol):
     async def publish(self, event: Event) -> None: ...
     def publish_soon(self, event: Event) -> None: ...
+    async def send(self, command: GenerateImages) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class Options:
     preview_every: int = 5
     max_batch: int = 4
     lora_folder: Path = Path("var/models/loras")
+    max_attempts: int = 3
+    heartbeat_interval: float = 5.0
 
 
 class Worker:
@@ -77,10 +84,46 @@ class Worker:
         # One pipeline call at a time: a diffusers pipeline object is not thread-safe.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
         self.cancelled: OrderedDict[str, None] = OrderedDict()
+        # The newest attempt of each job we heard of: older attempts are zombies and are dropped.
+        self.superseded: OrderedDict[str, int] = OrderedDict()
+        # The newest attempt another worker started: a second copy of it is a duplicate.
+        self.started_elsewhere: OrderedDict[str, int] = OrderedDict()
+        # Jobs in the call being prepared or run, with their attempt: what heartbeats speak for.
+        self.held: dict[str, int] = {}
+        self.stopping = False
+        self.interrupt = False
         self.batcher = Batcher(self.run_batch, options.max_batch)
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self.cancelled
+
+    def is_stale(self, command: GenerateImages) -> bool:
+        """An older attempt (a zombie), or an attempt another worker already runs (a duplicate,
+        e.g. from an enricher that died after sending but before acking)."""
+        job = command.job_id
+        return self.superseded.get(job, 0) > command.attempt or self.started_elsewhere.get(job, 0) >= command.attempt
+
+    async def heartbeats(self) -> None:
+        """Say, for every job held, that this worker is alive and on it (the reaper listens)."""
+        while True:
+            await asyncio.sleep(self.options.heartbeat_interval)
+            for job_id, attempt in list(self.held.items()):
+                self.bus.publish_soon(WorkerHeartbeat(job_id=job_id, worker=self.id, attempt=attempt))
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM: queued jobs go back to the queue now; the running call gets `grace` seconds,
+        then stops at its next step and its jobs go back too, with the same attempt."""
+        self.stopping = True
+        for waiting in self.batcher.drain():
+            # Recorded first, then queued: the next holder's job.started always comes after.
+            await self.bus.publish(JobRequeued(job_id=waiting.command.job_id, attempt=waiting.command.attempt,
+                                               reason="its worker shut down before starting it"))
+            await self.bus.send(waiting.command)
+            waiting.done.set_result(None)
+        await self.batcher.idle(grace)
+        if self.batcher.busy:
+            self.interrupt = True
+            await self.batcher.idle(grace)
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -103,25 +146,64 @@ class Worker:
         """Generate a batch of compatible jobs and publish each job's outcome."""
         commands = []
         for waiting in batch:
-            if self.is_cancelled(waiting.command.job_id):
-                await self.bus.publish(JobCancelled(job_id=waiting.command.job_id, reason="cancelled while queued"))
+            command = waiting.command
+            if self.is_stale(command):
+                log.info("zombie attempt dropped", job_id=command.job_id, attempt=command.attempt)
+            elif self.is_cancelled(command.job_id):
+                await self.bus.publish(JobCancelled(job_id=command.job_id, reason="cancelled while queued"))
             else:
-                commands.append(waiting.command)
+                commands.append(command)
         if not commands:
             return
+        self.held = {c.job_id: c.attempt for c in commands}
+        self.interrupt = False
         # job.started is confirmed while the work begins; it is awaited before any outcome is sent.
         started = asyncio.gather(*(
             self.bus.publish(JobStarted(job_id=c.job_id, worker=self.id, attempt=c.attempt, batch_jobs=len(commands)))
             for c in commands
         ))
         try:
-            outcomes = await self._generate(commands)
+            try:
+                outcomes = await self._generate(commands)
+            except Exception as exc:  # an unexpected pipeline error: try again, alone, or give up
+                outcomes = await self._retry_or_raise(batch, commands, exc)
+            finally:
+                await started
+            # Events first, written to the broker in order (image 1 first), confirms awaited
+            # together; then any command to run a job again, so that its job.requeued is recorded
+            # before the next attempt can start.
+            await asyncio.gather(*(
+                self.bus.publish(message) for outcome in outcomes for message in outcome
+                if not isinstance(message, GenerateImages) and not self._from_zombie(message)
+            ))
+            for outcome in outcomes:
+                for message in outcome:
+                    if isinstance(message, GenerateImages):
+                        await self.bus.send(message)
         finally:
-            await started
-        # Written to the broker in order (image 1 first); the confirms are awaited together.
-        await asyncio.gather(*(self.bus.publish(event) for events in outcomes for event in events))
+            self.held = {}
 
-    async def _generate(self, commands: list[GenerateImages]) -> list[list[Event]]:
+    def _from_zombie(self, event: Event) -> bool:
+        attempt = getattr(event, "attempt", None)
+        return attempt is not None and self.superseded.get(event.job_id, 0) > attempt
+
+    async def _retry_or_raise(self, batch: list[Waiting], commands: list[GenerateImages], exc: Exception) -> list[list]:
+        """Requeue each job as attempt + 1 (it then runs alone, so a poison job cannot drag its
+        batch-mates down with it); a job out of attempts fails: its consumer parks the message."""
+        log.exception("generation raised", jobs=[c.job_id for c in commands])
+        reason = f"generation failed: {type(exc).__name__}: {exc}"
+        outcomes = []
+        for command in commands:
+            if command.attempt >= self.options.max_attempts:
+                waiting = next(w for w in batch if w.command is command)
+                waiting.done.set_exception(exc)
+                outcomes.append([])
+                continue
+            retry = msgspec.structs.replace(command, attempt=command.attempt + 1)
+            outcomes.append([JobRequeued(job_id=command.job_id, attempt=retry.attempt, reason=reason), retry])
+        return outcomes
+
+    async def _generate(self, commands: list[GenerateImages]) -> list[list[Event | GenerateImages]]:
         """Per job, the events that end this attempt: its images, or why there are none."""
         first = commands[0]
         try:
@@ -134,10 +216,14 @@ class Worker:
         reporter_args = {
             "loop": asyncio.get_running_loop(), "publish": self.bus.publish_soon, "rate": self.options.progress_rate,
             "preview_every": self.options.preview_every, "family": entry.family, "cancelled": self.is_cancelled,
+            "interrupted": lambda: self.interrupt,
         }
         try:
             rendered, dropped = await self.run(render, model, commands, reporter_args, self.options)
         except Interrupted:
+            if self.stopping:  # the worker is shutting down: the same attempt goes back to the queue
+                return [[JobRequeued(job_id=c.job_id, attempt=c.attempt, reason="its worker shut down mid-generation"), c]
+                        for c in commands]
             return [[JobCancelled(job_id=c.job_id, reason="cancelled while generating")] for c in commands]
         except (InvalidRequest, LoraError) as exc:
             return [[JobFailed(job_id=c.job_id, reason=str(exc), attempt=c.attempt)] for c in commands]
@@ -219,6 +305,8 @@ def render(model: LoadedModel, commands: list[GenerateImages], reporter_args: di
 
     Returns each job's images, and the jobs cancelled while sharing a call (their images dropped).
     """
+    for command in commands:
+        faults.inject(command.spec)
     recipe = recipe_of(commands[0].spec)
     all_tasks = [tasks_of(command) for command in commands]
     images: list[list[Image.Image]] = [[] for _ in commands]
@@ -267,16 +355,38 @@ def encode_job(command: GenerateImages, images: list[Image.Image]) -> list[Rende
 
 
 async def generate_images(command: GenerateImages, *, worker: Worker) -> None:
-    """Queue the job for the next pipeline call it fits in; returns once its outcome is published."""
+    """Queue the job for the next pipeline call it fits in; returns once its outcome is published.
+
+    A redelivered command was held by a worker that died or lost its connection (which may still
+    be running it): each redelivery is a new attempt, so the old holder's results are ignored.
+    """
+    redelivered = delivery_count.get()
+    if redelivered:
+        command = msgspec.structs.replace(command, attempt=command.attempt + redelivered)
+    if worker.stopping:
+        raise Retry("worker shutting down")
     await worker.batcher.submit(command)
 
 
-async def remember_cancellation(event: Event, *, worker: Worker) -> None:
-    """Note a cancellation: a queued job is skipped, a running one stops at its next step."""
+async def follow_job(event: Event, *, worker: Worker) -> None:
+    """Note cancellations (a queued job is skipped, a running one stops at its next step) and
+    newer attempts (an older attempt of the job is a zombie whose work is dropped)."""
     if isinstance(event, JobCancelRequested):
         worker.cancelled[event.job_id] = None
         while len(worker.cancelled) > REMEMBERED_CANCELLATIONS:
             worker.cancelled.popitem(last=False)
+    elif isinstance(event, (JobRequeued, JobStarted)):
+        _remember_max(worker.superseded, event.job_id, event.attempt)
+        if isinstance(event, JobStarted) and event.worker != worker.id:
+            _remember_max(worker.started_elsewhere, event.job_id, event.attempt)
+
+
+def _remember_max(seen: OrderedDict[str, int], job_id: str, attempt: int) -> None:
+    if attempt > seen.get(job_id, 0):
+        seen[job_id] = attempt
+        seen.move_to_end(job_id)
+        while len(seen) > REMEMBERED_CANCELLATIONS:
+            seen.popitem(last=False)
 
 
 async def fail_job(command: GenerateImages, error: Exception, *, worker: Worker) -> None:

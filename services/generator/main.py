@@ -18,7 +18,7 @@ from schemas.events import ModelLoaded
 from schemas.settings import Settings
 from services import runtime
 from services.bus import command_decoder
-from services.generator.handlers import Options, Worker, fail_job, generate_images, remember_cancellation
+from services.generator.handlers import Options, Worker, fail_job, follow_job, generate_images
 
 STAGE = "generator"
 log = structlog.get_logger(STAGE)
@@ -43,19 +43,23 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         options = Options(
             progress_rate=settings.progress_rate, preview_every=settings.preview_every,
             max_batch=settings.max_batch, lora_folder=runtime.layout(settings).loras_dir,
+            max_attempts=settings.max_attempts, heartbeat_interval=settings.heartbeat_interval,
         )
         worker = Worker(
             bus=bus, catalog=catalog, cache=cache, worker_id=f"{socket.gethostname()}-{os.getpid()}", options=options,
         )
         batching = asyncio.create_task(worker.batcher.run())
+        beating = asyncio.create_task(worker.heartbeats())
         if warm is not None:
             await bus.publish(ModelLoaded(
                 job_id="", model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
             ))
         await bus.subscribe(
-            [topology.JOB_CANCEL_REQUESTED], partial(remember_cancellation, worker=worker), name="generator-cancellations"
+            [topology.JOB_CANCEL_REQUESTED, topology.JOB_REQUEUED, topology.JOB_STARTED],
+            partial(follow_job, worker=worker), name="generator-follow",
         )
-        # Prefetch twice the batch: the next batch is already here while one runs.
+        # Prefetch two batches: a full next batch waits here while one runs. Commands a worker
+        # holds when it dies go back with their delivery count up by one (4 deliveries allowed).
         await bus.consume(
             STAGE,
             partial(generate_images, worker=worker),
@@ -64,7 +68,11 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             prefetch=2 * settings.max_batch,
         )
         await stop.wait()
+        log.info("stopping: finishing or handing back the current work", grace=settings.shutdown_grace)
+        await bus.cancel_consumers()
+        await worker.stop(settings.shutdown_grace)
         batching.cancel()
+        beating.cancel()
     worker.executor.shutdown(wait=False, cancel_futures=True)
 
 

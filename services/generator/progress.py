@@ -43,6 +43,7 @@ class ProgressReporter:
         preview_every: int,
         family: str,
         cancelled: Callable[[str], bool],
+        interrupted: Callable[[], bool] = lambda: False,
     ):
         self.loop = loop
         self.publish = publish
@@ -51,6 +52,7 @@ class ProgressReporter:
         self.preview_every = preview_every
         self.family = family
         self.cancelled = cancelled
+        self.interrupted = interrupted
         self.dropped: set[str] = set()
         self._last = float("-inf")
 
@@ -58,6 +60,8 @@ class ProgressReporter:
         self.loop.call_soon_threadsafe(self.publish, event)
 
     def __call__(self, step: int, total: int, latents: torch.Tensor, phase: str) -> bool:
+        if self.interrupted():  # the worker is shutting down: this step is done, stop here
+            return True
         for slot in self.slots:
             if slot.job_id not in self.dropped and self.cancelled(slot.job_id):
                 self.dropped.add(slot.job_id)

@@ -64,6 +64,17 @@ def broker_error(_: Request, exc: BrokerUnavailable) -> Response:
     )
 
 
+def storage_error(request: Request, exc: OSError) -> Response:
+    """The data directory refused a write (full, read-only, a file where a folder should be)."""
+    if isinstance(exc, ConnectionError):  # a socket, not the disk
+        return internal_error(request, exc)
+    log.error("data directory not writable", path=request.url.path, error=str(exc))
+    return Response(
+        _body(f"cannot write to the data directory ({exc.strerror or exc}); nothing was accepted"),
+        status_code=503, headers={"Retry-After": "30"},
+    )
+
+
 def internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
     return Response(_body("internal error; it has been logged"), status_code=500)
@@ -74,5 +85,6 @@ EXCEPTION_HANDLERS = {
     ValidationException: validation_error,
     HTTPException: http_error,
     BrokerUnavailable: broker_error,
+    OSError: storage_error,
     Exception: internal_error,
 }

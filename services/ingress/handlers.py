@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,13 +13,14 @@ import structlog
 
 from schemas.api import JobCancelAnswer, JobRequest
 from schemas.catalog import Catalog
-from schemas.events import JobAccepted, JobCancelled, JobCancelRequested, new_id, utcnow
+from schemas.events import JobAccepted, JobCancelled, JobCancelRequested, SweepResult, SweepStalled, new_id, utcnow
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
 from schemas.layout import DataLayout, is_job_id, split_image_id
 from schemas.settings import Settings
 from services.bus import BrokerUnavailable, Bus
-from services.files import create_file, write_atomic_many
+from services.files import create_file, publish_staged, temp_path, write_atomic_many
 from services.ingress.errors import ApiError, not_found
+from services.ingress.idempotency import ABANDONED_SECONDS, IdempotencyStore, check_key, fingerprint
 from services.ingress.requests import Resolved, resolve_job
 
 log = structlog.get_logger("ingress")
@@ -37,6 +38,10 @@ class Ingress:
     layout: DataLayout
     bus: Bus | None = None
     connecting: asyncio.Task | None = field(default=None, repr=False)
+    idempotency: IdempotencyStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.idempotency = IdempotencyStore(self.layout.state_dir / "idempotency")
 
     def require_bus(self) -> Bus:
         if self.bus is None or not self.bus.connected:
@@ -61,33 +66,80 @@ def _store_inputs(layout: DataLayout, job_id: str, resolved: Resolved) -> dict[s
     return fields
 
 
-async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None) -> JobDocument:
+async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None,
+                     idempotency_key: str | None = None) -> tuple[JobDocument, bool]:
     """Accept a job durably: its document is written and the broker confirmed job.accepted.
 
     The broker's confirm is the durability point (job.accepted sits in quorum queues, fsynced by
     RabbitMQ); the document is written first only so that GET answers at once after the 202, and
     the recorder recreates it from job.accepted if a power cut lost it. If the broker cannot take
     the event, the document (and any input image) is removed again and nothing is accepted.
+
+    With an Idempotency-Key already used for the same body, the earlier job is returned instead
+    (the flag says so).
     """
     resolved = resolve_job(request, ctx.catalog, ctx.settings, ctx.layout, owner)
     bus = ctx.require_bus()
     job_id = new_id()
+    if idempotency_key is not None:
+        earlier = await _claim(ctx, owner, idempotency_key, request, job_id)
+        if earlier is not None:
+            return earlier, True
+    try:
+        return await _accept(ctx, bus, resolved, job_id), False
+    except BaseException:
+        if idempotency_key is not None:
+            ctx.idempotency.release(owner, idempotency_key)
+        raise
+
+
+async def _claim(ctx: Ingress, owner: str | None, key: str, request: JobRequest, job_id: str) -> JobDocument | None:
+    """The job an earlier request with this key created, once it is readable; None if ours is new."""
+    claim = ctx.idempotency.claim(owner, check_key(key), fingerprint(msgspec.json.encode(request)), job_id)
+    if claim is None:
+        return None
+    deadline = time.monotonic() + ABANDONED_SECONDS
+    while True:  # the first request may still be on its way; wait for its document
+        try:
+            return read_job(ctx, claim.job_id)
+        except ApiError:
+            if time.monotonic() > deadline:
+                ctx.idempotency.release(owner, key)
+                raise ApiError(409, "the earlier request with this Idempotency-Key did not finish; retry") from None
+            await asyncio.sleep(0.05)
+
+
+async def _accept(ctx: Ingress, bus: Bus, resolved: Resolved, job_id: str) -> JobDocument:
     now = utcnow()
     spec = resolved.spec
     if resolved.inputs.init_image is not None:
         spec = msgspec.structs.replace(spec, **await asyncio.to_thread(_store_inputs, ctx.layout, job_id, resolved))
     doc = JobDocument.new(job_id, spec, now)
     path = ctx.layout.job(job_id)
-    create_file(path, _encoder.encode(doc))
+    # Staged under a hidden name until the broker confirms: if this process dies in between, no
+    # document claims a job the broker never got. After the confirm it is linked into place
+    # (unless the recorder, hearing job.accepted, already wrote the same document).
+    staged = temp_path(path)
+    create_file(staged, _encoder.encode(doc))
     try:
         await bus.publish(JobAccepted(job_id=job_id, occurred_at=now, spec=spec))
     except BaseException:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        staged.unlink(missing_ok=True)
         shutil.rmtree(ctx.layout.inputs_dir / job_id, ignore_errors=True)
         raise
+    publish_staged(staged, path)
     log.info("job accepted", job_id=job_id, model=spec.model, mode=spec.mode, images=spec.settings.num_images)
     return doc
+
+
+async def reset_stalled(ctx: Ingress, silent_seconds: float | None) -> SweepResult:
+    """Have the reaper sweep now; it resets only jobs that really are stalled."""
+    bus = ctx.require_bus()
+    try:
+        answer = await bus.request(SweepStalled(job_id="", silent_seconds=silent_seconds), timeout=10)
+    except TimeoutError:
+        raise ApiError(503, "the reaper did not answer within 10 s; is it running?", {"Retry-After": "10"}) from None
+    return msgspec.json.decode(answer, type=SweepResult)
 
 
 async def cancel_job(ctx: Ingress, job_id: str, requested_by: str | None = None) -> JobCancelAnswer:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File, Redirect
 
 from schemas.api import (
@@ -17,6 +18,7 @@ from schemas.api import (
     ErrorBody,
     Health,
     JobCancelAnswer,
+    ResetAnswer,
     SamplerInfo,
     JobCreated,
     JobRequest,
@@ -45,18 +47,28 @@ class JobRoutes(Controller):
     tags = ["jobs"]
 
     @post("/", status_code=202, summary="Submit a generation job")
-    async def create(self, ctx: NamedDependency[Ingress], data: JSONBody[JobRequest]) -> Response[JobCreated]:
-        """Validate and queue a job. Answers 202 once the job is durable; poll `status_url`."""
-        doc = await handlers.submit_job(ctx, data)
+    async def create(
+        self,
+        ctx: NamedDependency[Ingress],
+        data: JSONBody[JobRequest],
+        idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
+    ) -> Response[JobCreated]:
+        """Validate and queue a job. Answers 202 once the job is durable; poll `status_url`.
+
+        With an `Idempotency-Key` header, retrying the same request returns the same job (for 24
+        hours); the same key with a different body is a 409."""
+        doc, replayed = await handlers.submit_job(ctx, data, idempotency_key=idempotency_key)
         status_url = f"/v1/jobs/{doc.id}"
         body = JobCreated(
             id=doc.id,
             status=doc.status,
             status_url=status_url,
             num_images=doc.settings.num_images,
-            message=f"Job queued for {doc.settings.num_images} image(s)",
+            message=f"Job queued for {doc.settings.num_images} image(s)" if not replayed
+            else "Already submitted with this Idempotency-Key",
         )
-        return Response(body, status_code=202, headers={"Location": status_url})
+        headers = {"Location": status_url} | ({"Idempotent-Replayed": "true"} if replayed else {})
+        return Response(body, status_code=202, headers=headers)
 
     @get("/{job_id:str}", summary="A job's status, progress and images")
     async def read(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> Response[JobDocument]:
@@ -118,6 +130,22 @@ async def list_models(ctx: NamedDependency[Ingress]) -> ModelList:
     return ModelList(models=models, default=ctx.catalog.default)
 
 
+@post("/v1/queue/reset-stalled", tags=["queue"], summary="Requeue stalled jobs now", status_code=200)
+async def reset_stalled(
+    ctx: NamedDependency[Ingress],
+    silent_seconds: Annotated[float | None, QueryParameter(name="silent_seconds", gt=0, required=False)] = None,
+) -> ResetAnswer:
+    """The reaper sweeps at once: jobs silent past the stall timeout (or `silent_seconds`) are
+    requeued for another attempt, or failed after their last. Jobs still making progress are not
+    touched (CyberImage's /reset_queue, but safe)."""
+    result = await handlers.reset_stalled(ctx, silent_seconds)
+    return ResetAnswer(
+        status="success", reset_count=result.reset_count, failed_count=result.failed_count, job_ids=result.job_ids,
+        message=f"Reset {result.reset_count} stalled job(s) to pending status"
+        + (f"; {result.failed_count} had no attempts left and failed" if result.failed_count else ""),
+    )
+
+
 @get("/v1/samplers", tags=["models"], summary="Samplers by their A1111 names")
 async def list_samplers() -> list[SamplerInfo]:
     return [SamplerInfo(name=name, scheduler=scheduler, options=options) for name, (scheduler, options) in SAMPLERS.items()]
@@ -158,5 +186,5 @@ async def docs() -> Redirect:
     return Redirect(path="/schema/docs")
 
 
-ROUTES = [JobRoutes, ImageRoutes, list_models, list_samplers, enrich, health, docs]
+ROUTES = [JobRoutes, ImageRoutes, list_models, list_samplers, enrich, reset_stalled, health, docs]
 DEPENDENCIES = {"ctx": Provide(provide_ctx, sync_to_thread=False)}

@@ -39,6 +39,8 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
         before = len(doc.images)
         doc.images = [image for image in doc.images if image.id != event.image_id]
         return _touched(doc, event) if len(doc.images) != before else None
+    if isinstance(event, JobRequeued) and event.replay and doc.status == "failed":
+        doc.status, doc.error, doc.completed_at = "pending", None, None
     if doc.status in TERMINAL_STATUSES:
         return None
     attempt = getattr(event, "attempt", None)

@@ -10,7 +10,7 @@ import structlog
 from schemas.events import Event, JobProgressed
 from schemas.jobs import TERMINAL_STATUSES, JobDocument
 from schemas.layout import DataLayout
-from services.files import write_atomic
+from services.files import sweep_temp_files, write_atomic
 from services.recorder.documents import apply_event
 from services.recorder.store import EventLog, JobStore, log_line
 
@@ -31,7 +31,9 @@ class Recorder:
         self._unapplied: list[Event] = []
 
     def recover(self) -> None:
-        """After a (re)start: find active jobs, rewrite queue.txt, remember the last logged events."""
+        """After a (re)start: clear what killed writers left, find active jobs, rewrite queue.txt,
+        remember the last logged events."""
+        sweep_temp_files([self.layout.base, self.layout.jobs_dir, self.layout.previews_dir])
         active = self.jobs.load_active()
         self.jobs.write_queue_file()
         for event_id in self.log.recent_event_ids(RECENT_IDS):

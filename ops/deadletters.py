@@ -1,0 +1,142 @@
+"""`darkroom ops dead-letters list|replay`: what could not be processed, why, and sending it back.
+
+Parked messages keep their body and say where they came from (`x-darkroom-queue`, or RabbitMQ's
+`x-death`) and why (`x-darkroom-reason`, or the broker's reason, e.g. `delivery_limit`).
+Replaying a generation command revives its failed job as a new attempt (`job.requeued`, replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import msgspec
+
+from schemas.events import AnyCommand, AnyEvent, GenerateImages, JobRequeued
+from schemas.topology import Topology
+
+REASON_HEADER = "x-darkroom-reason"
+QUEUE_HEADER = "x-darkroom-queue"
+_decoder = msgspec.json.Decoder(AnyEvent | AnyCommand)
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class Parked:
+    message_id: str | None
+    queue: str
+    kind: str
+    job_id: str | None
+    reason: str
+    body: bytes
+    headers: dict
+
+
+def amqp_url(data_dir: Path, configured: str | None) -> str:
+    """DARKROOM_AMQP_URL, else the private broker that `darkroom run` started for this data dir."""
+    if configured:
+        return configured
+    written = data_dir / "rabbitmq" / "url"
+    if written.exists():
+        return written.read_text().strip()
+    raise SystemExit("no broker: set DARKROOM_AMQP_URL, or start Darkroom with `just run` first")
+
+
+def describe(message: aio_pika.abc.AbstractIncomingMessage) -> Parked:
+    headers = dict(message.headers or {})
+    deaths = headers.get("x-death") or [{}]
+    death = deaths[0] if isinstance(deaths, list | tuple) else {}
+    try:
+        item = _decoder.decode(message.body)
+        kind, job_id = type(item).__struct_config__.tag, item.job_id
+    except msgspec.MsgspecError:
+        kind, job_id = message.type or "undecodable", None
+    return Parked(
+        message_id=message.message_id,
+        queue=str(headers.get(QUEUE_HEADER) or death.get("queue", "?")),
+        kind=str(kind),
+        job_id=job_id,
+        reason=str(headers.get(REASON_HEADER) or f"broker: {death.get('reason', '?')} after {death.get('count', '?')} deliveries"),
+        body=message.body,
+        headers=headers,
+    )
+
+
+async def _collect(channel, queue_name: str) -> list[tuple[aio_pika.abc.AbstractIncomingMessage, Parked]]:
+    queue = await channel.get_queue(queue_name, ensure=False)
+    found = []
+    while (message := await queue.get(no_ack=False, fail=False)) is not None:
+        found.append((message, describe(message)))
+    return found
+
+
+async def list_parked(url: str, topology: Topology) -> list[Parked]:
+    connection = await aio_pika.connect_robust(url)
+    try:
+        channel = await connection.channel()
+        return [parked for _, parked in await _collect(channel, topology.dead_letters)]
+        # closing the channel hands every message back, unacked and untouched
+    finally:
+        await connection.close()
+
+
+async def replay(url: str, topology: Topology, message_ids: set[str] | None) -> list[Parked]:
+    """Send parked messages (all, or those with the given ids) back to the queue they came from."""
+    connection = await aio_pika.connect_robust(url)
+    replayed = []
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        events = await channel.get_exchange(topology.events, ensure=False)
+        for message, parked in await _collect(channel, topology.dead_letters):
+            if message_ids is not None and parked.message_id not in message_ids:
+                continue
+            body = parked.body
+            item = None
+            try:
+                item = _decoder.decode(body)
+            except msgspec.MsgspecError:
+                pass
+            if isinstance(item, GenerateImages):
+                item = msgspec.structs.replace(item, attempt=item.attempt + 1)
+                body = _encoder.encode(item)
+                requeued = JobRequeued(job_id=item.job_id, attempt=item.attempt, reason="replayed by an operator", replay=True)
+                await events.publish(aio_pika.Message(_encoder.encode(requeued), content_type="application/json",
+                                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                     routing_key="job.requeued")
+            headers = {k: v for k, v in parked.headers.items() if not k.startswith(("x-death", "x-darkroom", "x-first-death", "x-last-death"))}
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, content_type="application/json", message_id=parked.message_id,
+                                 type=message.type, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=parked.queue,
+            )
+            await message.ack()
+            replayed.append(parked)
+    finally:
+        await connection.close()
+    return replayed
+
+
+def print_parked(parked: list[Parked], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([{k: v for k, v in vars(p).items() if k not in ("body", "headers")} for p in parked], indent=2))
+        return
+    if not parked:
+        print("no dead letters")
+        return
+    for p in parked:
+        print(f"{p.message_id or '-':36}  {p.queue:28}  {p.kind:18}  job {p.job_id or '-'}\n    {p.reason}")
+    print(f"{len(parked)} dead letter(s)")
+
+
+def run_list(url: str, topology: Topology, as_json: bool) -> None:
+    print_parked(asyncio.run(list_parked(url, topology)), as_json)
+
+
+def run_replay(url: str, topology: Topology, ids: list[str], replay_all: bool) -> None:
+    if not ids and not replay_all:
+        raise SystemExit("name the message ids to replay (see `darkroom ops dead-letters list`), or pass --all")
+    done = asyncio.run(replay(url, topology, None if replay_all else set(ids)))
+    print(f"replayed {len(done)} message(s)" + "".join(f"\n  {p.kind} job {p.job_id} -> {p.queue}" for p in done))

@@ -1,0 +1,3 @@
+from services.reaper.main import run
+
+run()

@@ -1,0 +1,160 @@
+"""The reaper's effects: act on stalls, fail parked jobs, answer sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from schemas.events import (
+    AnyCommand,
+    AnyEvent,
+    Command,
+    Event,
+    GenerateImages,
+    JobFailed,
+    JobRequeued,
+    JobStalled,
+    SweepResult,
+    SweepStalled,
+)
+from schemas.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobDocument
+from schemas.layout import DataLayout, is_job_id
+from schemas.topology import Topology
+from services.bus import QUEUE_HEADER, REASON_HEADER
+from services.reaper.liveness import Liveness, Stall, work_units
+
+log = structlog.get_logger("reaper")
+_doc_decoder = msgspec.json.Decoder(JobDocument)
+_any = msgspec.json.Decoder(AnyEvent | AnyCommand)
+
+# Parked messages of these stages belong to a job that can no longer move on: fail it.
+JOB_STAGES = ("generator", "enricher", "saver")
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> None: ...
+    async def send(self, command: Command) -> None: ...
+
+
+@dataclass
+class Reaper:
+    bus: Publisher
+    layout: DataLayout
+    topology: Topology
+    liveness: Liveness
+    max_attempts: int
+
+    def read_doc(self, job_id: str) -> JobDocument | None:
+        if not is_job_id(job_id):
+            return None
+        try:
+            return _doc_decoder.decode(self.layout.job(job_id).read_bytes())
+        except (FileNotFoundError, msgspec.MsgspecError):
+            return None
+
+    def reconcile(self) -> int:
+        """After a (re)start: every job the files say is processing gets a full timeout to show
+        that a worker still holds it; silent ones are then requeued like any stall."""
+        now = time.monotonic()
+        found = 0
+        queue_file = self.layout.queue_file
+        for job_id in queue_file.read_text().split() if queue_file.exists() else []:
+            doc = self.read_doc(job_id)
+            if doc is None or doc.status not in ACTIVE_STATUSES:
+                continue
+            units = work_units(doc.settings)
+            if doc.status == "processing":
+                self.liveness.track(job_id, max(doc.attempts, 1), now, doc.model, units)
+                found += 1
+            else:
+                self.liveness.queued[job_id] = (doc.model, units)
+        return found
+
+    async def sweep(self, silent_seconds: float | None = None) -> SweepResult:
+        """Requeue (or, after the last attempt, fail) every stalled job."""
+        reset, failed = [], []
+        for stall in self.liveness.stalled(time.monotonic(), silent_seconds):
+            requeued = await self.act_on(stall)  # raises while the broker is away: kept for later
+            if self.liveness.running.get(stall.job.job_id) is stall.job:
+                del self.liveness.running[stall.job.job_id]
+            (reset if requeued else failed).append(stall.job.job_id)
+        return SweepResult(reset_count=len(reset), failed_count=len(failed), job_ids=reset + failed)
+
+    async def act_on(self, stall: Stall) -> bool:
+        """True when the job was requeued, False when it was failed (or had already ended)."""
+        job = stall.job
+        await self.bus.publish(JobStalled(job_id=job.job_id, attempt=job.attempt, silent_seconds=round(stall.silent_seconds, 1)))
+        doc = await asyncio.to_thread(self.read_doc, job.job_id)
+        if doc is None or doc.status in TERMINAL_STATUSES:
+            return False
+        if job.attempt >= self.max_attempts:
+            log.warning("job failed after its last attempt stalled", job_id=job.job_id, attempt=job.attempt)
+            await self.bus.publish(JobFailed(
+                job_id=job.job_id, attempt=job.attempt,
+                reason=f"stalled on all {self.max_attempts} attempts; last time {stall.reason}",
+            ))
+            return False
+        try:
+            init, mask = await asyncio.to_thread(self._inputs, doc)
+        except FileNotFoundError as exc:
+            await self.bus.publish(JobFailed(job_id=job.job_id, attempt=job.attempt, reason=f"cannot requeue: {exc}"))
+            return False
+        attempt = job.attempt + 1
+        log.warning("stalled job requeued", job_id=job.job_id, attempt=attempt, reason=stall.reason)
+        # Recorded first, then queued: the next attempt's job.started always comes after.
+        await self.bus.publish(JobRequeued(job_id=job.job_id, attempt=attempt, reason=f"stalled: {stall.reason}"))
+        await self.bus.send(GenerateImages(
+            job_id=job.job_id, spec=doc.spec(), attempt=attempt, created_at=doc.created_at,
+            init_image=init, mask_image=mask,
+        ))
+        return True
+
+    def _inputs(self, doc: JobDocument) -> tuple[bytes | None, bytes | None]:
+        base = self.layout.base
+        return (
+            (base / doc.init_image).read_bytes() if doc.init_image else None,
+            (base / doc.mask_image).read_bytes() if doc.mask_image else None,
+        )
+
+    async def fail_parked(self, message: AbstractIncomingMessage) -> None:
+        """A message the broker parked (it kept killing its consumer): end its job with the reason.
+
+        Messages a service parked itself carry our reason header; that service already failed
+        the job, so they need nothing more.
+        """
+        headers = message.headers or {}
+        if REASON_HEADER in headers:
+            return
+        deaths = headers.get("x-death") or [{}]
+        death = deaths[0] if isinstance(deaths, list | tuple) else {}
+        queue = str(headers.get(QUEUE_HEADER) or death.get("queue", ""))
+        stage = queue.removeprefix(f"{self.topology.namespace}.")
+        if stage not in JOB_STAGES:
+            return
+        try:
+            item = _any.decode(message.body)
+        except msgspec.MsgspecError:
+            return
+        doc = await asyncio.to_thread(self.read_doc, item.job_id)
+        if doc is None or doc.status in TERMINAL_STATUSES:
+            return
+        why = death.get("reason", "rejected")
+        reason = (f"its {stage} message was parked in the dead-letter queue ({why}): it crashed or "
+                  f"stopped its worker on every delivery")
+        attempt = max(doc.attempts, getattr(item, "attempt", 1))
+        log.error("parked message fails its job", job_id=item.job_id, stage=stage, why=why)
+        await self.bus.publish(JobFailed(job_id=item.job_id, attempt=attempt, reason=reason))
+
+
+async def answer_sweep(command: SweepStalled, *, reaper: Reaper) -> SweepResult:
+    return await reaper.sweep(command.silent_seconds)
+
+
+async def observe(event: Event, *, reaper: Reaper) -> None:
+    reaper.liveness.observe(event, time.monotonic())

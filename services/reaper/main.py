@@ -1,0 +1,71 @@
+"""Reaper process: follows job liveness, sweeps for stalls, fails parked jobs, answers sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from schemas.settings import Settings
+from schemas.topology import Topology
+from services import runtime
+from services.bus import command_decoder, event_decoder, settle
+from services.reaper.handlers import Reaper, answer_sweep, observe
+from services.reaper.liveness import Liveness
+
+STAGE = "reaper"
+log = structlog.get_logger(STAGE)
+
+
+async def sweep_forever(reaper: Reaper, bus, every: float) -> None:
+    deaf = False
+    while True:
+        await asyncio.sleep(every)
+        if not bus.connected:
+            deaf = True  # we hear nothing now, so silence proves nothing
+            continue
+        if deaf:
+            reaper.liveness.grant_grace(time.monotonic())
+            deaf = False
+        try:
+            result = await reaper.sweep()
+        except Exception:  # noqa: BLE001 - a failed sweep is logged; the next one tries again
+            log.exception("sweep failed")
+            continue
+        if result.job_ids:
+            log.info("sweep", reset=result.reset_count, failed=result.failed_count)
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    layout = runtime.layout(settings)
+    async with runtime.connected(settings, STAGE) as bus:
+        reaper = Reaper(
+            bus=bus, layout=layout, topology=Topology(settings.namespace),
+            liveness=Liveness(stall_timeout=settings.stall_timeout), max_attempts=settings.max_attempts,
+        )
+        found = await asyncio.to_thread(reaper.reconcile)
+        log.info("reconciled", processing_jobs=found)
+        await bus.consume(STAGE, partial(observe, reaper=reaper), decoder=event_decoder, prefetch=500)
+        await bus.consume("reaper.commands", partial(answer_sweep, reaper=reaper), decoder=command_decoder, prefetch=1)
+
+        async def on_parked(message: AbstractIncomingMessage) -> None:
+            try:
+                await reaper.fail_parked(message)
+            except Exception:  # noqa: BLE001 - never lose the parked copy over a failure here
+                log.exception("could not fail a parked job; leaving the message")
+                await settle(message.nack(requeue=True))
+                await asyncio.sleep(1)
+                return
+            await settle(message.ack())
+
+        await bus.consume_raw("reaper.dead-letters", on_parked, prefetch=16)
+        sweeping = asyncio.create_task(sweep_forever(reaper, bus, min(1.0, settings.stall_timeout / 4)))
+        await stop.wait()
+        sweeping.cancel()
+
+
+def run() -> None:
+    runtime.run_service(STAGE, main)

@@ -23,7 +23,7 @@ import structlog
 from ops.broker import BrokerError, PrivateBroker
 from schemas.settings import Settings
 
-STOP_GRACE = 20.0
+STOP_GRACE = 25.0  # > a generator's shutdown grace (10 s) + one step and hand-back (8 s)
 log = structlog.get_logger("darkroom")
 
 

@@ -112,6 +112,11 @@ class DataLayout(msgspec.Struct, frozen=True):
     def job(self, job_id: str) -> Path:
         return self.jobs_dir / f"{job_id}.json"
 
+    @property
+    def staging_dir(self) -> Path:
+        """New job documents wait here until the broker confirms their job (then linked in)."""
+        return self.jobs_dir / ".staging"
+
     def preview(self, job_id: str) -> Path:
         return self.previews_dir / f"{job_id}.png"
 
@@ -127,6 +132,6 @@ class DataLayout(msgspec.Struct, frozen=True):
         return (self.images_dir / file_path).with_suffix(".json")
 
     def ensure(self) -> None:
-        for folder in (self.events_dir, self.jobs_dir, self.images_dir, self.previews_dir, self.models_dir,
-                       self.loras_dir, self.inputs_dir, self.state_dir):
+        for folder in (self.events_dir, self.jobs_dir, self.staging_dir, self.images_dir, self.previews_dir,
+                       self.models_dir, self.loras_dir, self.inputs_dir, self.state_dir):
             folder.mkdir(parents=True, exist_ok=True)

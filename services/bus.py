@@ -181,7 +181,9 @@ class Bus:
         """Consume a stage's queue on a channel of its own (its prefetch is its own)."""
         channel = await self.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(self.topology.queue(stage), ensure=False)
+        # Declared (idempotently, same arguments) on this very channel: a robust channel restores
+        # after a reconnect only the queues it declared, and with them their consumers.
+        queue = await channel.declare_queue(self.topology.queue(stage), durable=True, arguments=stage_arguments(self.topology, stage))
         tag = await queue.consume(callback, no_ack=False)
         self._consumers.append((queue, tag))
         return queue
@@ -350,6 +352,15 @@ STAGE_BINDINGS: dict[str, tuple[str, Iterable[str]]] = {
     "reaper.commands": ("commands", (topology.SWEEP_STALLED,)),
 }
 DELIVERY_LIMITS = {"generator": GENERATOR_DELIVERY_LIMIT}
+PARKED_ARGUMENTS = {"x-queue-type": "quorum"}
+
+
+def stage_arguments(topo: Topology, stage: str) -> dict[str, Any]:
+    """The arguments a stage's queue is declared with (every declaration must match)."""
+    if stage in STAGE_BINDINGS:
+        name = topo.queue(stage)
+        return queue_arguments(topo, name, DELIVERY_LIMITS.get(stage, DELIVERY_LIMIT))
+    return PARKED_ARGUMENTS
 
 
 async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
@@ -358,13 +369,11 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     commands = await channel.declare_exchange(topo.commands, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(topo.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True)
     for name in (topo.dead_letters, topo.reaper_dead_letters):
-        parked = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        parked = await channel.declare_queue(name, durable=True, arguments=PARKED_ARGUMENTS)
         await parked.bind(dead, routing_key="")
     exchanges = {"events": events, "commands": commands}
     for stage, (exchange, keys) in STAGE_BINDINGS.items():
-        name = topo.queue(stage)
-        arguments = queue_arguments(topo, name, DELIVERY_LIMITS.get(stage, DELIVERY_LIMIT))
-        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+        queue = await channel.declare_queue(topo.queue(stage), durable=True, arguments=stage_arguments(topo, stage))
         for key in keys:
             await queue.bind(exchanges[exchange], routing_key=key)
 

@@ -57,6 +57,10 @@ class Batcher:
     def drain(self) -> list[Waiting]:
         """Stop taking batches and hand back every job not started yet."""
         self._closed = True
+        return self.take_others()
+
+    def take_others(self) -> list[Waiting]:
+        """Every job waiting now (not started), out of the queue."""
         waiting, self._waiting = self._waiting, []
         return waiting
 

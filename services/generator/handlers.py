@@ -26,6 +26,7 @@ from schemas.events import (
     ImageGenerated,
     JobCancelled,
     JobCancelRequested,
+    JobCompleted,
     JobFailed,
     JobRequeued,
     JobStarted,
@@ -44,6 +45,8 @@ from services.generator.progress import ProgressReporter, Slot
 log = structlog.get_logger("generator")
 
 REMEMBERED_CANCELLATIONS = 10_000
+# After the grace, how long one step plus handing the jobs back may take (the supervisor kills at 20 s).
+STOP_AFTER_INTERRUPT = 8.0
 
 
 class Publisher(Protocol):
@@ -88,6 +91,8 @@ class Worker:
         self.superseded: OrderedDict[str, int] = OrderedDict()
         # The newest attempt another worker started: a second copy of it is a duplicate.
         self.started_elsewhere: OrderedDict[str, int] = OrderedDict()
+        # Jobs that ended (completed, failed, cancelled): any copy of their command left is stale.
+        self.ended: OrderedDict[str, None] = OrderedDict()
         # Jobs in the call being prepared or run, with their attempt: what heartbeats speak for.
         self.held: dict[str, int] = {}
         self.stopping = False
@@ -101,7 +106,8 @@ class Worker:
         """An older attempt (a zombie), or an attempt another worker already runs (a duplicate,
         e.g. from an enricher that died after sending but before acking)."""
         job = command.job_id
-        return self.superseded.get(job, 0) > command.attempt or self.started_elsewhere.get(job, 0) >= command.attempt
+        return (job in self.ended or self.superseded.get(job, 0) > command.attempt
+                or self.started_elsewhere.get(job, 0) >= command.attempt)
 
     async def heartbeats(self) -> None:
         """Say, for every job held, that this worker is alive and on it (the reaper listens)."""
@@ -114,16 +120,16 @@ class Worker:
         """SIGTERM: queued jobs go back to the queue now; the running call gets `grace` seconds,
         then stops at its next step and its jobs go back too, with the same attempt."""
         self.stopping = True
-        for waiting in self.batcher.drain():
-            # Recorded first, then queued: the next holder's job.started always comes after.
-            await self.bus.publish(JobRequeued(job_id=waiting.command.job_id, attempt=waiting.command.attempt,
+        waiting = self.batcher.drain()
+        for item in waiting:
+            await self.bus.publish(JobRequeued(job_id=item.command.job_id, attempt=item.command.attempt,
                                                reason="its worker shut down before starting it"))
-            await self.bus.send(waiting.command)
-            waiting.done.set_result(None)
+        # Recorded first, then queued: the next holder's job.started always comes after.
+        await self.hand_back(waiting)
         await self.batcher.idle(grace)
         if self.batcher.busy:
-            self.interrupt = True
-            await self.batcher.idle(grace)
+            self.interrupt = True  # the step under way finishes; then the call stops
+            await self.batcher.idle(STOP_AFTER_INTERRUPT)
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -142,8 +148,19 @@ class Worker:
         )) for j in job_ids))
         return model
 
+    async def hand_back(self, waiting: list[Waiting]) -> None:
+        """Put jobs back in the queue as fresh messages (their delivery count starts again)."""
+        for item in waiting:
+            await self.bus.send(item.command)
+            item.done.set_result(None)
+
     async def run_batch(self, batch: list[Waiting]) -> None:
         """Generate a batch of compatible jobs and publish each job's outcome."""
+        if batch[0].command.attempt > 1:
+            # A job back from a crash may be what crashed it: it runs alone, and what else this
+            # worker holds goes back to the queue first, so that if it kills this process again
+            # the broker charges it alone, not the innocent jobs that were waiting behind it.
+            await self.hand_back(self.batcher.take_others())
         commands = []
         for waiting in batch:
             command = waiting.command
@@ -375,6 +392,13 @@ async def follow_job(event: Event, *, worker: Worker) -> None:
         worker.cancelled[event.job_id] = None
         while len(worker.cancelled) > REMEMBERED_CANCELLATIONS:
             worker.cancelled.popitem(last=False)
+    elif isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+        worker.ended[event.job_id] = None
+        while len(worker.ended) > REMEMBERED_CANCELLATIONS:
+            worker.ended.popitem(last=False)
+    elif isinstance(event, JobRequeued) and event.replay:
+        worker.ended.pop(event.job_id, None)  # an operator brought it back
+        _remember_max(worker.superseded, event.job_id, event.attempt)
     elif isinstance(event, (JobRequeued, JobStarted)):
         _remember_max(worker.superseded, event.job_id, event.attempt)
         if isinstance(event, JobStarted) and event.worker != worker.id:

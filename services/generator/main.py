@@ -55,7 +55,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 job_id="", model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
             ))
         await bus.subscribe(
-            [topology.JOB_CANCEL_REQUESTED, topology.JOB_REQUEUED, topology.JOB_STARTED],
+            [topology.JOB_CANCEL_REQUESTED, topology.JOB_REQUEUED, topology.JOB_STARTED,
+             topology.JOB_COMPLETED, topology.JOB_FAILED, topology.JOB_CANCELLED],
             partial(follow_job, worker=worker), name="generator-follow",
         )
         # Prefetch two batches: a full next batch waits here while one runs. Commands a worker

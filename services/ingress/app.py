@@ -17,6 +17,7 @@ from schemas.settings import Settings
 from schemas.topology import Topology
 from services import runtime
 from services.bus import Bus, BrokerUnavailable
+from services.files import sweep_temp_files
 from services.ingress.errors import EXCEPTION_HANDLERS
 from services.ingress.handlers import Ingress
 from services.ingress.routes import DEPENDENCIES, ROUTES
@@ -39,6 +40,8 @@ async def keep_connected(ctx: Ingress) -> None:
 
 def create_app(settings: Settings) -> Litestar:
     ctx = Ingress(settings=settings, catalog=runtime.catalog(settings), layout=runtime.layout(settings))
+    # Documents staged by an ingress that was killed mid-request: their jobs were never accepted.
+    sweep_temp_files([ctx.layout.staging_dir])
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -119,7 +119,7 @@ async def _accept(ctx: Ingress, bus: Bus, resolved: Resolved, job_id: str) -> Jo
     # Staged under a hidden name until the broker confirms: if this process dies in between, no
     # document claims a job the broker never got. After the confirm it is linked into place
     # (unless the recorder, hearing job.accepted, already wrote the same document).
-    staged = temp_path(path)
+    staged = ctx.layout.staging_dir / temp_path(path).name
     create_file(staged, _encoder.encode(doc))
     try:
         await bus.publish(JobAccepted(job_id=job_id, occurred_at=now, spec=spec))

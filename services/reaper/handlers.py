@@ -80,31 +80,35 @@ class Reaper:
         """Requeue (or, after the last attempt, fail) every stalled job."""
         reset, failed = [], []
         for stall in self.liveness.stalled(time.monotonic(), silent_seconds):
-            requeued = await self.act_on(stall)  # raises while the broker is away: kept for later
+            outcome = await self.act_on(stall)  # raises while the broker is away: kept for later
             if self.liveness.running.get(stall.job.job_id) is stall.job:
                 del self.liveness.running[stall.job.job_id]
-            (reset if requeued else failed).append(stall.job.job_id)
+            if outcome == "requeued":
+                reset.append(stall.job.job_id)
+            elif outcome == "failed":
+                failed.append(stall.job.job_id)
         return SweepResult(reset_count=len(reset), failed_count=len(failed), job_ids=reset + failed)
 
-    async def act_on(self, stall: Stall) -> bool:
-        """True when the job was requeued, False when it was failed (or had already ended)."""
+    async def act_on(self, stall: Stall) -> str:
+        """`requeued`, `failed` (no attempts left), or `ended` (it had ended already: nothing done)."""
         job = stall.job
-        await self.bus.publish(JobStalled(job_id=job.job_id, attempt=job.attempt, silent_seconds=round(stall.silent_seconds, 1)))
         doc = await asyncio.to_thread(self.read_doc, job.job_id)
         if doc is None or doc.status in TERMINAL_STATUSES:
-            return False
+            self.liveness.forget(job.job_id)
+            return "ended"
+        await self.bus.publish(JobStalled(job_id=job.job_id, attempt=job.attempt, silent_seconds=round(stall.silent_seconds, 1)))
         if job.attempt >= self.max_attempts:
             log.warning("job failed after its last attempt stalled", job_id=job.job_id, attempt=job.attempt)
             await self.bus.publish(JobFailed(
                 job_id=job.job_id, attempt=job.attempt,
                 reason=f"stalled on all {self.max_attempts} attempts; last time {stall.reason}",
             ))
-            return False
+            return "failed"
         try:
             init, mask = await asyncio.to_thread(self._inputs, doc)
         except FileNotFoundError as exc:
             await self.bus.publish(JobFailed(job_id=job.job_id, attempt=job.attempt, reason=f"cannot requeue: {exc}"))
-            return False
+            return "failed"
         attempt = job.attempt + 1
         log.warning("stalled job requeued", job_id=job.job_id, attempt=attempt, reason=stall.reason)
         # Recorded first, then queued: the next attempt's job.started always comes after.
@@ -113,7 +117,7 @@ class Reaper:
             job_id=job.job_id, spec=doc.spec(), attempt=attempt, created_at=doc.created_at,
             init_image=init, mask_image=mask,
         ))
-        return True
+        return "requeued"
 
     def _inputs(self, doc: JobDocument) -> tuple[bytes | None, bytes | None]:
         base = self.layout.base

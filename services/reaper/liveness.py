@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from schemas.events import (
@@ -21,6 +22,7 @@ from schemas.events import (
 from schemas.jobs import GenerationSettings
 
 RATE_SMOOTHING = 0.3  # weight of the newest job in the moving average of a model's speed
+REMEMBERED_ENDS = 10_000
 
 
 def work_units(settings: GenerationSettings) -> float:
@@ -59,6 +61,8 @@ class Liveness:
     # Pending jobs' model and size, so a job's expected duration is known when it starts.
     queued: dict[str, tuple[str, float]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
+    # Jobs that ended: a late word from a worker that lost one must not bring it back.
+    ended: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def observe(self, event: Event, now: float) -> None:
         job = self.running.get(event.job_id)
@@ -67,6 +71,8 @@ class Liveness:
             case JobAccepted():
                 self.queued[event.job_id] = (event.spec.model, work_units(event.spec.settings))
             case JobStarted():
+                if event.job_id in self.ended:
+                    return
                 if job is None or event.attempt >= job.attempt:
                     model, units = self.queued.get(event.job_id, (None, None))
                     self.running[event.job_id] = Running(
@@ -88,10 +94,15 @@ class Liveness:
                 self.forget(event.job_id)
             case JobRequeued():
                 self.running.pop(event.job_id, None)  # pending again; queued info kept
+                if event.replay:
+                    self.ended.pop(event.job_id, None)
 
     def forget(self, job_id: str) -> None:
         self.running.pop(job_id, None)
         self.queued.pop(job_id, None)
+        self.ended[job_id] = None
+        while len(self.ended) > REMEMBERED_ENDS:
+            self.ended.popitem(last=False)
 
     def track(self, job_id: str, attempt: int, now: float, model: str, units: float) -> None:
         """A job found processing at start-up: it gets a full timeout from now to show life."""
@@ -104,6 +115,7 @@ class Liveness:
         e.g. while the broker was away: silence then says nothing about the workers)."""
         for job in self.running.values():
             job.last_seen = max(job.last_seen, now)
+            job.started = max(job.started, now)
 
     def expected_seconds(self, job: Running) -> float | None:
         rate = self.rates.get(job.model or "")

@@ -24,8 +24,14 @@ async def sweep_forever(reaper: Reaper, bus, every: float) -> None:
     deaf = False
     while True:
         await asyncio.sleep(every)
-        if not bus.connected:
-            deaf = True  # we hear nothing now, so silence proves nothing
+        # Silence proves nothing while we hear nothing (broker away), or while no generator is
+        # there to run a job (all restarting): requeueing then would only make copies.
+        try:
+            listening = bus.connected and await bus.consumer_count("generator") > 0
+        except Exception:  # noqa: BLE001 - a failed probe counts as not listening
+            listening = False
+        if not listening:
+            deaf = True
             continue
         if deaf:
             reaper.liveness.grant_grace(time.monotonic())

@@ -102,3 +102,39 @@ async def test_a_message_that_kills_its_consumer_is_dead_lettered_after_the_deli
     [letter] = await dead_letters(bus, 1)
     assert b"poison" in letter.body
     assert deliveries == 6  # the first delivery plus DELIVERY_LIMIT redeliveries
+
+
+async def test_consumers_come_back_after_the_broker_restarts(tmp_path):
+    """A private broker of this test's own, stopped and started: stage consumers and followers resume."""
+    from ops.broker import PrivateBroker
+    from schemas.topology import Topology
+
+    broker = PrivateBroker(tmp_path / "rabbitmq", name="restart-test").start()
+    bus = await Bus.connect(broker.url, Topology("restart"), name="test")
+    try:
+        handled, followed = [], []
+
+        async def handle(event):
+            handled.append(event.job_id)
+
+        async def follow(event):
+            followed.append(event.job_id)
+
+        await bus.consume("saver", handle, decoder=event_decoder)
+        await bus.subscribe(["job.failed"], follow, name="follow")
+        await publish_raw(bus, "image.generated", msgspec.json.encode(JobFailed(job_id="before", reason="x")))
+        await wait_for(lambda: handled == ["before"])
+        await asyncio.to_thread(broker.restart)
+        await wait_for(lambda: bus.connected, timeout=30)
+        for _ in range(20):  # publishing may need a moment until the channels are restored
+            try:
+                await publish_raw(bus, "image.generated", msgspec.json.encode(JobFailed(job_id="after", reason="x")))
+                break
+            except Exception:  # noqa: BLE001
+                await asyncio.sleep(0.5)
+        await bus.publish(JobFailed(job_id="event-after", reason="x"))
+        await wait_for(lambda: "after" in handled, timeout=20, what="the stage consumer to resume")
+        await wait_for(lambda: "event-after" in followed, timeout=20, what="the follower to resume")
+    finally:
+        await bus.close()
+        broker.stop()

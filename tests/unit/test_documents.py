@@ -133,3 +133,13 @@ def test_notices_about_the_request_stay_in_the_message():
     doc = apply_event(doc, JobCompleted(job_id=JOB, image_ids=[f"{JOB}_1"], occurred_at=at(1)))
     assert doc.message == "Generated 1 image(s) (negative prompt ignored: model 'flux' does not use one)"
     assert doc.notices == spec.notices
+
+
+def test_an_operator_replay_brings_a_failed_job_back_and_nothing_else_does():
+    doc = apply_event(accepted(), JobFailed(job_id=JOB, reason="crashed its worker", occurred_at=at(1)))
+    assert apply_event(doc, JobRequeued(job_id=JOB, attempt=2, reason="stalled", occurred_at=at(2))) is None
+    doc = apply_event(doc, JobRequeued(job_id=JOB, attempt=2, reason="replayed by an operator", replay=True, occurred_at=at(3)))
+    assert (doc.status, doc.error, doc.attempts) == ("pending", None, 2)
+    done = apply_event(doc, JobCompleted(job_id=JOB, image_ids=[], attempt=2, occurred_at=at(4)))
+    assert done.status == "completed"
+    assert apply_event(done, JobRequeued(job_id=JOB, attempt=3, reason="x", replay=True, occurred_at=at(5))) is None

@@ -41,6 +41,9 @@ DELIVERY_LIMIT = 5
 # redeliveries), then parked; the reaper fails its job with the reason.
 GENERATOR_DELIVERY_LIMIT = 3
 PUBLISH_TIMEOUT = 15.0
+# AMQP heartbeat, seconds: a process that stops answering (frozen, stopped, partitioned) loses its
+# connection after about two of these, and the broker gives the messages it held to others.
+HEARTBEAT = 10
 REASON_HEADER = "x-darkroom-reason"
 QUEUE_HEADER = "x-darkroom-queue"
 
@@ -92,7 +95,7 @@ class Bus:
         while True:
             try:
                 connection = await aio_pika.connect_robust(
-                    url, client_properties={"connection_name": name}, timeout=5
+                    url, client_properties={"connection_name": name}, timeout=5, heartbeat=HEARTBEAT
                 )
                 break
             except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:

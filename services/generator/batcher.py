@@ -94,6 +94,7 @@ class Batcher:
         return batch
 
     async def run(self) -> None:
+        """Forever: take a batch, run it, settle every job's future (whatever happens)."""
         while not self._closed:
             while not self._waiting:
                 self._arrived.clear()
@@ -104,12 +105,12 @@ class Batcher:
             self._idle.clear()
             try:
                 await self.run_batch(batch)
-            except Exception as exc:  # noqa: BLE001 - handed to each job's consumer to dead-letter
+            except Exception as exc:  # noqa: BLE001 - each job's consumer decides: requeue or park
                 for waiting in batch:
                     if not waiting.done.done():
                         waiting.done.set_exception(exc)
             finally:
                 self._idle.set()
-            for waiting in batch:
-                if not waiting.done.done():
-                    waiting.done.set_result(None)
+                for waiting in batch:  # a job left unsettled would hold its message forever
+                    if not waiting.done.done():
+                        waiting.done.set_result(None)

@@ -37,7 +37,7 @@ from schemas.events import (
 )
 from schemas.jobs import ImageMetadata, JobSpec
 from schemas.layout import image_id
-from services.bus import Retry, delivery_count
+from services.bus import BrokerUnavailable, Retry, delivery_count
 from services.generator import faults
 from services.generator.batcher import Batcher, Waiting
 from services.generator.progress import ProgressReporter, Slot
@@ -149,9 +149,18 @@ class Worker:
         return model
 
     async def hand_back(self, waiting: list[Waiting]) -> None:
-        """Put jobs back in the queue as fresh messages (their delivery count starts again)."""
-        for item in waiting:
-            await self.bus.send(item.command)
+        """Put jobs back in the queue as fresh messages (their delivery count starts again).
+
+        If the broker cannot take one, it and the rest are handed back the old way: their
+        consumers fail, the messages stay unacked, and the broker redelivers them.
+        """
+        for index, item in enumerate(waiting):
+            try:
+                await self.bus.send(item.command)
+            except BrokerUnavailable as exc:
+                for rest in waiting[index:]:
+                    rest.done.set_exception(exc)
+                return
             item.done.set_result(None)
 
     async def run_batch(self, batch: list[Waiting]) -> None:

@@ -68,7 +68,13 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             on_failure=partial(fail_job, worker=worker),
             prefetch=2 * settings.max_batch,
         )
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopped, batching, beating}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (batching, beating):
+            if task.done() and not task.cancelled() and task.exception():
+                # Never keep consuming without a batcher: exit, hand everything back, be restarted.
+                log.error("generator loop died; exiting", error=repr(task.exception()))
+                raise SystemExit(1)
         log.info("stopping: finishing or handing back the current work", grace=settings.shutdown_grace)
         await bus.cancel_consumers()
         await worker.stop(settings.shutdown_grace)

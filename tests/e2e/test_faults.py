@@ -164,6 +164,7 @@ def test_a_poison_job_fails_after_its_attempts_and_the_others_flow(fault_stack):
 def test_a_hung_generator_is_found_and_its_late_result_ignored(fault_stack):
     stack, _ = fault_stack
     with httpx.Client(base_url=stack.url) as client:
+        # Big enough to still be running when stopped; the second generator is idle.
         job_id = submit(client, "a slow fox", width=256, height=256, num_inference_steps=50)
         started = wait_for_sync(
             lambda: [e for e in events(stack) if e["job_id"] == job_id and e["type"] == "job.started"],
@@ -175,17 +176,19 @@ def test_a_hung_generator_is_found_and_its_late_result_ignored(fault_stack):
             time.sleep(1.5)
             answer = client.post("/v1/queue/reset-stalled", params={"silent_seconds": 1})
             assert answer.status_code == 200 and answer.json()["job_ids"] == [job_id], answer.text
-            finished = wait_terminal(stack, [job_id], timeout=90)[job_id]
+            # The requeued attempt may land in the stopped worker's prefetch: the broker takes it
+            # back once that worker misses its AMQP heartbeats (~20 s), then the other one runs it.
+            finished = wait_terminal(stack, [job_id], timeout=120)[job_id]
         finally:
             os.kill(hung_pid, signal.SIGCONT)
         time.sleep(4)  # the woken worker finishes its call and tries to report
     final = doc(stack, job_id)
-    assert finished["status"] == final["status"] == "completed" and final["attempts"] == 2
+    assert finished["status"] == final["status"] == "completed" and final["attempts"] >= 2
     assert [image["id"] for image in final["images"]] == [f"{job_id}_1"]
     saved = [e for e in events(stack) if e["job_id"] == job_id and e["type"] == "image.saved"]
     assert len(saved) == 1 and saved[0]["image"]["metadata"]["job_id"] == job_id
     generated = [e for e in events(stack) if e["job_id"] == job_id and e["type"] == "image.generated"]
-    assert {e["attempt"] for e in generated} == {2}, "the hung worker's result never counted"
+    assert 1 not in {e["attempt"] for e in generated}, "the hung worker's result never counted"
     assert len(list((stack.data_dir / "images").rglob(f"{job_id}_*.png"))) == 1
 
 

@@ -125,16 +125,23 @@ async def test_consumers_come_back_after_the_broker_restarts(tmp_path):
         await publish_raw(bus, "image.generated", msgspec.json.encode(JobFailed(job_id="before", reason="x")))
         await wait_for(lambda: handled == ["before"])
         await asyncio.to_thread(broker.restart)
-        await wait_for(lambda: bus.connected, timeout=30)
-        for _ in range(20):  # publishing may need a moment until the channels are restored
+        await wait_for(lambda: bus.connected, timeout=45)
+        for _ in range(60):  # publishing may need a moment until the channels are restored
             try:
                 await publish_raw(bus, "image.generated", msgspec.json.encode(JobFailed(job_id="after", reason="x")))
                 break
             except Exception:  # noqa: BLE001
                 await asyncio.sleep(0.5)
-        await bus.publish(JobFailed(job_id="event-after", reason="x"))
-        await wait_for(lambda: "after" in handled, timeout=20, what="the stage consumer to resume")
-        await wait_for(lambda: "event-after" in followed, timeout=20, what="the follower to resume")
+        # aio-pika retries every 5 s; restoring channels and consumers follows the reconnect.
+        await wait_for(lambda: "after" in handled, timeout=45, what="the stage consumer to resume")
+        # A follower's queue is exclusive: it exists again only once restored, and hears only
+        # what is published after that, so keep publishing until it hears.
+        for _ in range(90):
+            await bus.publish(JobFailed(job_id="event-after", reason="x"))
+            if "event-after" in followed:
+                break
+            await asyncio.sleep(0.5)
+        assert "event-after" in followed, "the follower resumed"
     finally:
         await bus.close()
         broker.stop()

@@ -63,6 +63,26 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from ops import keys
+
+    state = _settings().data_path / "state"
+    if args.keys_command == "create":
+        key, token = keys.create(state, args.name, admin=args.admin, rate=args.rate,
+                                 daily_images=args.daily_images, queued_jobs=args.queued_jobs)
+        print(f"created {'admin ' if key.admin else ''}key {key.id} for {key.name!r}. The token, shown only now:")
+        print(token)
+    elif args.keys_command == "list":
+        listed = keys.load_all(state)
+        print("\n".join(keys.describe(k) for k in listed) if listed else "no keys yet: `darkroom keys create --name ...`")
+    elif args.keys_command == "revoke":
+        print(f"revoked {keys.describe(keys.revoke(state, args.id))}")
+    else:
+        key = keys.update(state, args.id, rate=args.rate, daily_images=args.daily_images, queued_jobs=args.queued_jobs)
+        print(f"updated {keys.describe(key)}")
+    return 0
+
+
 DEFAULT_CASES = ("overhead", "saturation", "batching", "memory", "ingress", "broker", "readside")
 
 
@@ -76,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small counts: keeps the harness working in the test suite")
     bench.add_argument("--results", default="bench/results", help="folder for <timestamp>.json")
     bench.set_defaults(func=cmd_bench)
+    keys = sub.add_parser("keys", help="create, list, revoke and update API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    for name in ("create", "update"):
+        command = keys_sub.add_parser(name, help=f"{name} a key")
+        if name == "create":
+            command.add_argument("--name", required=True, help="who or what uses the key")
+            command.add_argument("--admin", action="store_true", help="sees and manages every tenant's jobs")
+        else:
+            command.add_argument("id", help="the key's id (see `darkroom keys list`)")
+        command.add_argument("--rate", help='generation requests per period, e.g. "100/hour" ("default" to reset)')
+        command.add_argument("--daily-images", type=int, help="images per UTC day (-1: back to the default)")
+        command.add_argument("--queued-jobs", type=int, help="pending + processing jobs at once (-1: default)")
+        command.set_defaults(func=cmd_keys)
+    keys_sub.add_parser("list", help="list keys (never their tokens)").set_defaults(func=cmd_keys)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("id")
+    revoke.set_defaults(func=cmd_keys)
     ops = sub.add_parser("ops", help="operate a running installation")
     ops_sub = ops.add_subparsers(dest="ops_command", required=True)
     dead = ops_sub.add_parser("dead-letters", help="list or replay messages that could not be processed")

@@ -123,6 +123,7 @@ def run(settings: Settings) -> int:
         log.error("another `darkroom run` is already using this data directory", data_dir=str(data))
         return 1
 
+    first_key = _first_admin_key(settings, data)
     started = time.monotonic()
     env = {**os.environ, "DARKROOM_DATA_DIR": str(data)}
     broker = PrivateBroker(data / "rabbitmq", settings.broker_port) if not settings.amqp_url else None
@@ -159,6 +160,12 @@ def run(settings: Settings) -> int:
                 docs=f"http://{host}:{settings.port}/docs",
                 seconds=round(time.monotonic() - started, 1),
             )
+            if first_key is not None:
+                # Shown once, on the terminal only (not a log record that may be shipped elsewhere).
+                print(f"\nYour admin API key (also in {first_key[1]}; delete that file once you have it):\n"
+                      f"  export DARKROOM_KEY={first_key[0]}\n"
+                      f"  curl -s -X POST http://{host}:{settings.port}/v1/jobs -H \"Authorization: Bearer $DARKROOM_KEY\" "
+                      f"-d '{{\"prompt\":\"a red fox\"}}'\n", file=sys.stderr, flush=True)
         elif not supervisor.stopping:
             log.error("the API did not become healthy within 180 s; check the service logs above")
         while not supervisor.stopping:
@@ -173,6 +180,20 @@ def run(settings: Settings) -> int:
             broker.stop()
         log.info("stopped")
     return 0
+
+
+def _first_admin_key(settings: Settings, data) -> tuple[str, object] | None:
+    """On the first start with auth on and no keys, make an admin key so the API is usable."""
+    from ops import keys
+
+    if settings.auth != "on" or keys.load_all(data / "state"):
+        return None
+    key, token = keys.create(data / "state", "first admin (made by darkroom run)", admin=True)
+    path = data / "state" / "first-admin-key"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    log.info("created the first admin API key", key_id=key.id, file=str(path))
+    return token, path
 
 
 def configure_logging(settings: Settings) -> None:

@@ -86,6 +86,17 @@ class ResetAnswer(msgspec.Struct, kw_only=True):
     message: str
 
 
+class Quota(msgspec.Struct, kw_only=True, rename={"is_premium": "isPremium"}):
+    """GET /v1/quota in the weights.gg shape, with Darkroom's quota names: `queued_jobs` (pending or
+    processing now), `daily_images` (images asked for today, UTC), `hourly_requests` (generation
+    requests in the rate window). Unlimited reads "Infinity"."""
+
+    is_premium: bool
+    usage: dict[str, int]
+    limits: dict[str, int | str]
+    remaining: dict[str, int | str]
+
+
 class SamplerInfo(msgspec.Struct, kw_only=True):
     """One entry of GET /v1/samplers."""
 

@@ -52,6 +52,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch: int = 4
     max_prompt_length: int = 500
     max_body_bytes: int = 20 * 1024**2
+    # API keys required (`off` only for a local sandbox: everyone is then an anonymous admin).
+    auth: Literal["on", "off"] = "on"
+    # Generation requests allowed per caller ("10/hour", "none"): without a key, per IP address
+    # (CyberImage's default); with a key, unless `darkroom keys` set one for it.
+    anonymous_rate: str = "10/hour"
+    key_rate: str = "300/hour"
+    # Quotas of a (non-admin) key unless set for it: images per UTC day, jobs queued at once (0: none).
+    key_daily_images: int = 1000
+    key_queued_jobs: int = 20
+    # Origins allowed to call the API from a browser ("*" for any); empty: CORS closed.
+    cors_origins: str = ""
     # Which services `darkroom run` starts on this machine (a GPU box may run only `generator`).
     services: str = "recorder,saver,enricher,generator,reaper,ingress"
     # Generator processes `darkroom run` starts (e.g. one per GPU, with CUDA_VISIBLE_DEVICES set by you).

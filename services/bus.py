@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
+from yarl import URL
 import msgspec
 import structlog
 from aio_pika.abc import (
@@ -93,12 +94,19 @@ class Bus:
         deadline = asyncio.get_running_loop().time() + timeout
         waiting_logged = False
         while True:
+            # Made here, not by connect_robust(), so that an attempt cut short (shutdown while the
+            # broker is away) can be closed instead of leaving its reconnect loop running.
+            connection = aio_pika.RobustConnection(
+                URL(url).update_query(heartbeat=HEARTBEAT), client_properties={"connection_name": name}
+            )
             try:
-                connection = await aio_pika.connect_robust(
-                    url, client_properties={"connection_name": name}, timeout=5, heartbeat=HEARTBEAT
-                )
+                await connection.connect(timeout=5)
                 break
-            except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                if not isinstance(exc, (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError)):
+                    raise
                 if asyncio.get_running_loop().time() > deadline:
                     raise BrokerUnavailable(f"cannot reach RabbitMQ at {_redact(url)}: {exc}") from exc
                 if not waiting_logged:

@@ -75,6 +75,8 @@ def settings(amqp_url: str, data_dir: Path) -> Settings:
         namespace=f"t{secrets.token_hex(4)}",
         config_path=str(data_dir / "darkroom.toml"),
         progress_rate=0.0,  # every step: tests assert the full sequence
+        auth="off",  # the auth tests turn it on
+        anonymous_rate="none",
     )
 
 

@@ -44,7 +44,7 @@ async def warm_up(ctx: Context, stack: Stack, jobs: int | None = None) -> None:
     jobs = jobs or (1 if ctx.quick else 3)
     follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=stack.headers) as client:
             for seed in range(jobs):
                 await run_job(client, follower, seed)
     finally:
@@ -64,7 +64,7 @@ async def overhead(ctx: Context) -> list[Measurement]:
     follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
     ours, theirs, large, bare_large = [], [], [], []
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=stack.headers) as client:
             for seed in range(1 if ctx.quick else 3):  # warm-up, not measured
                 await run_job(client, follower, seed)
                 await bare.call(seed)
@@ -107,7 +107,8 @@ async def burst(ctx: Context, stack: Stack, jobs: int, first_seed: int) -> float
     """Submit `jobs` at once; seconds from the first submit to the last job.completed."""
     follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=120, limits=httpx.Limits(max_connections=32)) as client:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=120, limits=httpx.Limits(max_connections=32),
+                                     headers=stack.headers) as client:
             started = time.monotonic()
             ids = await asyncio.gather(*(submit(client, first_seed + n) for n in range(jobs)))
             ends = await asyncio.gather(*(follower.end_of(job_id, timeout=600) for job_id in ids))
@@ -190,15 +191,17 @@ async def ingress(ctx: Context) -> list[Measurement]:
     prefer_wrk = not ctx.quick
     body = json.dumps({"prompt": "a red fox", "settings": SMALL_JOB}).encode()
     stack = await ctx.stack("ingress", ("ingress",))
-    async with httpx.AsyncClient(base_url=stack.url) as client:
+    async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers) as client:
         job_id = await submit(client, 1)
+    auth = stack.headers
     # Warm-up: the same load, not measured. A fresh folder on a new VM disk creates its first
     # ~8,000 files at 0.3-1 ms each (cold inode tables), then at ~30 µs; measure the steady state.
     await load(f"{stack.url}/v1/jobs", method="POST", body=body, seconds=seconds, connections=connections,
-               prefer_wrk=prefer_wrk)
+               prefer_wrk=prefer_wrk, headers=auth)
     ours_post = await load(f"{stack.url}/v1/jobs", method="POST", body=body, seconds=seconds,
-                           connections=connections, prefer_wrk=prefer_wrk)
-    ours_get = await load(f"{stack.url}/v1/jobs/{job_id}", seconds=seconds, connections=connections, prefer_wrk=prefer_wrk)
+                           connections=connections, prefer_wrk=prefer_wrk, headers=auth)
+    ours_get = await load(f"{stack.url}/v1/jobs/{job_id}", seconds=seconds, connections=connections,
+                          prefer_wrk=prefer_wrk, headers=auth)
     await asyncio.to_thread(stack.stop)
 
     port = free_port()

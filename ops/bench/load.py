@@ -22,16 +22,18 @@ class LoadResult:
     tool: str
 
 
-def _wrk_script(method: str, body: bytes | None) -> str:
+def _wrk_script(method: str, body: bytes | None, headers: dict[str, str]) -> str:
     lines = [f'wrk.method = "{method}"']
     if body is not None:
         lines += [f"wrk.body = [[{body.decode()}]]", 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
     return "\n".join(lines) + "\n"
 
 
-def run_wrk(url: str, *, method: str, body: bytes | None, seconds: float, connections: int) -> LoadResult:
+def run_wrk(url: str, *, method: str, body: bytes | None, seconds: float, connections: int,
+            headers: dict[str, str]) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(_wrk_script(method, body))
+        script.write(_wrk_script(method, body, headers))
         script.flush()
         output = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", script.name, url],
@@ -45,7 +47,8 @@ def run_wrk(url: str, *, method: str, body: bytes | None, seconds: float, connec
     return LoadResult(rate, total, count, "wrk")
 
 
-async def run_python(url: str, *, method: str, body: bytes | None, seconds: float, connections: int) -> LoadResult:
+async def run_python(url: str, *, method: str, body: bytes | None, seconds: float, connections: int,
+                     headers: dict[str, str]) -> LoadResult:
     done = errors = 0
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
@@ -54,7 +57,7 @@ async def run_python(url: str, *, method: str, body: bytes | None, seconds: floa
         async def worker() -> None:
             nonlocal done, errors
             while time.monotonic() < deadline:
-                answer = await client.request(method, url, content=body, headers={"content-type": "application/json"})
+                answer = await client.request(method, url, content=body, headers={"content-type": "application/json", **headers})
                 done += 1
                 errors += answer.status_code >= 300
 
@@ -65,7 +68,9 @@ async def run_python(url: str, *, method: str, body: bytes | None, seconds: floa
 
 
 async def load(url: str, *, method: str = "GET", body: bytes | None = None, seconds: float, connections: int,
-               prefer_wrk: bool = True) -> LoadResult:
+               prefer_wrk: bool = True, headers: dict[str, str] | None = None) -> LoadResult:
+    headers = headers or {}
     if prefer_wrk and shutil.which("wrk"):
-        return await asyncio.to_thread(run_wrk, url, method=method, body=body, seconds=seconds, connections=connections)
-    return await run_python(url, method=method, body=body, seconds=seconds, connections=connections)
+        return await asyncio.to_thread(run_wrk, url, method=method, body=body, seconds=seconds,
+                                       connections=connections, headers=headers)
+    return await run_python(url, method=method, body=body, seconds=seconds, connections=connections, headers=headers)

@@ -63,6 +63,12 @@ class Stack:
     namespace: str = field(default_factory=lambda: f"bench-{secrets.token_hex(3)}")
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    token: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to this stack sends: an admin key (auth stays on, no rate limits)."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     @property
     def url(self) -> str:
@@ -73,9 +79,12 @@ class Stack:
         return self.root / "var"
 
     def start(self, timeout: float = 120.0) -> Stack:
+        from ops import keys
+
         models = self.data_dir / "models" / "tiny-sd"
         if not models.exists():
             shutil.copytree(self.tiny_model, models)
+        _, self.token = keys.create(self.data_dir / "state", "bench", admin=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
         env |= {
             "DARKROOM_AMQP_URL": self.amqp_url,

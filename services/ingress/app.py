@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from schemas.settings import Settings
 from schemas.topology import Topology
@@ -42,6 +44,15 @@ def create_app(settings: Settings) -> Litestar:
     ctx = Ingress(settings=settings, catalog=runtime.catalog(settings), layout=runtime.layout(settings))
     # Documents staged by an ingress that was killed mid-request: their jobs were never accepted.
     sweep_temp_files([ctx.layout.staging_dir])
+    if settings.auth == "off":
+        log.warning(
+            "AUTH IS OFF: anyone who can reach this API can use it, see every job and image, and act as "
+            "an admin. Use DARKROOM_AUTH=off only for a local sandbox.", host=settings.host,
+            anonymous_rate=settings.anonymous_rate,
+        )
+    elif ctx.keys.count() == 0:
+        log.warning("no API keys yet: create one with `darkroom keys create --name ... [--admin]`")
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -63,11 +74,22 @@ def create_app(settings: Settings) -> Litestar:
         state=State({"ctx": ctx}),
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # services.logs already routes everything through structlog
+        cors_config=CORSConfig(allow_origins=origins, allow_headers=["Authorization", "X-API-Key", "Content-Type",
+                                                                     "Idempotency-Key"]) if origins else None,
         openapi_config=OpenAPIConfig(
             title="Darkroom",
             version="1",
-            description="Self-hosted image generation. Errors are always `{\"status\": \"error\", \"message\": ...}`.",
+            description=(
+                "Self-hosted image generation. Send an API key as `Authorization: Bearer <token>` or "
+                "`X-API-Key: <token>` (`darkroom keys create`). Errors are always "
+                "`{\"status\": \"error\", \"message\": ...}`; the message names what was wrong."
+            ),
             path="/schema",
             render_plugins=[ScalarRenderPlugin(path="/docs")],
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", description="drk_<id>_<secret>"),
+                "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+            }),
+            security=[{"bearer": []}, {"apiKey": []}],
         ),
     )

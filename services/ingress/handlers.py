@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from schemas.api import JobCancelAnswer, JobRequest
+from schemas.api import JobCancelAnswer, JobRequest, Quota
 from schemas.catalog import Catalog
 from schemas.events import JobAccepted, JobCancelled, JobCancelRequested, SweepResult, SweepStalled, new_id, utcnow
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
@@ -19,6 +19,7 @@ from schemas.layout import DataLayout, is_job_id, split_image_id
 from schemas.settings import Settings
 from services.bus import BrokerUnavailable, Bus
 from services.files import create_file, publish_staged, temp_path, write_atomic_many
+from services.ingress.auth import UNLIMITED, KeyStore, Limits, Principal
 from services.ingress.errors import ApiError, not_found
 from services.ingress.idempotency import ABANDONED_SECONDS, IdempotencyStore, check_key, fingerprint
 from services.ingress.requests import Resolved, resolve_job
@@ -27,6 +28,13 @@ log = structlog.get_logger("ingress")
 _encoder = msgspec.json.Encoder()
 _doc_decoder = msgspec.json.Decoder(JobDocument)
 _record_decoder = msgspec.json.Decoder(ImageRecord)
+
+
+class _Head(msgspec.Struct):
+    owner: str | None = None
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
 
 
 @dataclass
@@ -39,9 +47,34 @@ class Ingress:
     bus: Bus | None = None
     connecting: asyncio.Task | None = field(default=None, repr=False)
     idempotency: IdempotencyStore = field(init=False)
+    keys: KeyStore = field(init=False)
+    limits: Limits = field(init=False)
+    # Owner of each job seen lately (to count a key's queued jobs without reading documents).
+    owners: dict[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.idempotency = IdempotencyStore(self.layout.state_dir / "idempotency")
+        self.keys = KeyStore(self.layout.state_dir)
+        self.limits = Limits(self.settings, self.layout.state_dir)
+
+    def queued_jobs(self, owner: str | None) -> int:
+        """Pending and processing jobs of `owner` (from queue.txt, which the recorder keeps)."""
+        try:
+            active = self.layout.queue_file.read_text().split()
+        except FileNotFoundError:
+            active = []
+        count = 0
+        for job_id in active:
+            if job_id not in self.owners:
+                try:
+                    self.owners[job_id] = _head_decoder.decode(self.layout.job(job_id).read_bytes()).owner
+                except (FileNotFoundError, msgspec.MsgspecError):
+                    continue
+            count += self.owners[job_id] == owner
+        if len(self.owners) > 4 * len(active) + 1000:  # forget jobs that left the queue
+            keep = set(active)
+            self.owners = {j: o for j, o in self.owners.items() if j in keep}
+        return count
 
     def require_bus(self) -> Bus:
         if self.bus is None or not self.bus.connected:
@@ -66,7 +99,7 @@ def _store_inputs(layout: DataLayout, job_id: str, resolved: Resolved) -> dict[s
     return fields
 
 
-async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None,
+async def submit_job(ctx: Ingress, request: JobRequest, principal: Principal,
                      idempotency_key: str | None = None) -> tuple[JobDocument, bool]:
     """Accept a job durably: its document is written and the broker confirmed job.accepted.
 
@@ -76,9 +109,11 @@ async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None
     the event, the document (and any input image) is removed again and nothing is accepted.
 
     With an Idempotency-Key already used for the same body, the earlier job is returned instead
-    (the flag says so).
+    (the flag says so). Rate limits and quotas are checked first; only accepted jobs count.
     """
-    resolved = resolve_job(request, ctx.catalog, ctx.settings, ctx.layout, owner)
+    owner = principal.owner
+    await ctx.limits.check_rate(principal)
+    resolved = resolve_job(request, ctx.catalog, ctx.settings, ctx.layout, principal)
     bus = ctx.require_bus()
     job_id = new_id()
     if idempotency_key is not None:
@@ -86,11 +121,16 @@ async def submit_job(ctx: Ingress, request: JobRequest, owner: str | None = None
         if earlier is not None:
             return earlier, True
     try:
-        return await _accept(ctx, bus, resolved, job_id), False
+        ctx.limits.check_quotas(principal, resolved.spec.settings.num_images, ctx.queued_jobs(owner))
+        doc = await _accept(ctx, bus, resolved, job_id)
     except BaseException:
         if idempotency_key is not None:
             ctx.idempotency.release(owner, idempotency_key)
         raise
+    ctx.owners[job_id] = owner
+    await ctx.limits.count_request(principal)
+    ctx.limits.add_images(principal, resolved.spec.settings.num_images)
+    return doc, False
 
 
 async def _claim(ctx: Ingress, owner: str | None, key: str, request: JobRequest, job_id: str) -> JobDocument | None:
@@ -101,8 +141,8 @@ async def _claim(ctx: Ingress, owner: str | None, key: str, request: JobRequest,
     deadline = time.monotonic() + ABANDONED_SECONDS
     while True:  # the first request may still be on its way; wait for its document
         try:
-            return read_job(ctx, claim.job_id)
-        except ApiError:
+            return _doc_decoder.decode(ctx.layout.job(claim.job_id).read_bytes())
+        except FileNotFoundError:
             if time.monotonic() > deadline:
                 ctx.idempotency.release(owner, key)
                 raise ApiError(409, "the earlier request with this Idempotency-Key did not finish; retry") from None
@@ -142,9 +182,10 @@ async def reset_stalled(ctx: Ingress, silent_seconds: float | None) -> SweepResu
     return msgspec.json.decode(answer, type=SweepResult)
 
 
-async def cancel_job(ctx: Ingress, job_id: str, requested_by: str | None = None) -> JobCancelAnswer:
+async def cancel_job(ctx: Ingress, job_id: str, principal: Principal) -> JobCancelAnswer:
     """Cancel a job: a queued one ends now and never runs; a running one stops within one step."""
-    doc = read_job(ctx, job_id)
+    doc = read_job(ctx, job_id, principal)
+    requested_by = principal.owner
     if doc.status in TERMINAL_STATUSES:
         raise ApiError(409, f"job {job_id!r} is already {doc.status}")
     bus = ctx.require_bus()
@@ -156,23 +197,47 @@ async def cancel_job(ctx: Ingress, job_id: str, requested_by: str | None = None)
     return JobCancelAnswer(id=job_id, status="cancelling", message="The job stops within one step; its images are discarded")
 
 
-def read_job_bytes(ctx: Ingress, job_id: str) -> bytes:
-    """The job's document as stored (JSON), or 404."""
+def read_job_bytes(ctx: Ingress, job_id: str, principal: Principal) -> bytes:
+    """The job's document as stored (JSON), or 404 (also when it is another tenant's)."""
     if not is_job_id(job_id):
         raise not_found("job", job_id)
     try:
-        return ctx.layout.job(job_id).read_bytes()
+        data = ctx.layout.job(job_id).read_bytes()
     except FileNotFoundError:
         raise not_found("job", job_id) from None
+    if not principal.admin and not principal.may_see(_head_decoder.decode(data).owner):
+        raise not_found("job", job_id)
+    return data
 
 
-def read_job(ctx: Ingress, job_id: str) -> JobDocument:
-    return _doc_decoder.decode(read_job_bytes(ctx, job_id))
+def read_job(ctx: Ingress, job_id: str, principal: Principal) -> JobDocument:
+    return _doc_decoder.decode(read_job_bytes(ctx, job_id, principal))
 
 
-def preview_path(ctx: Ingress, job_id: str) -> Path:
+async def quota(ctx: Ingress, principal: Principal) -> Quota:
+    limits = {
+        "queued_jobs": ctx.limits.queued_jobs_for(principal),
+        "daily_images": ctx.limits.daily_images_for(principal),
+        "hourly_requests": (item.amount if (item := ctx.limits.rate_for(principal)) is not None else None),
+    }
+    usage = {
+        "queued_jobs": await asyncio.to_thread(ctx.queued_jobs, principal.owner),
+        "daily_images": ctx.limits.images_today(principal),
+        "hourly_requests": await ctx.limits.requests_used(principal),
+    }
+    key = principal.key
+    premium = key is not None and (key.admin or any(v is not None for v in (key.rate, key.daily_images, key.queued_jobs)))
+    return Quota(
+        is_premium=premium,
+        usage=usage,
+        limits={k: UNLIMITED if v is None else v for k, v in limits.items()},
+        remaining={k: UNLIMITED if v is None else max(0, v - usage[k]) for k, v in limits.items()},
+    )
+
+
+def preview_path(ctx: Ingress, job_id: str, principal: Principal) -> Path:
     """The latest preview of a running job, or 404 saying why there is none."""
-    doc = read_job(ctx, job_id)
+    doc = read_job(ctx, job_id, principal)
     path = ctx.layout.preview(job_id)
     if doc.status in TERMINAL_STATUSES or not path.exists():
         reason = f"job {job_id!r} is {doc.status}" if doc.status in TERMINAL_STATUSES else "no preview yet"
@@ -180,14 +245,14 @@ def preview_path(ctx: Ingress, job_id: str) -> Path:
     return path
 
 
-def image_paths(ctx: Ingress, image_id: str) -> tuple[Path, Path]:
+def image_paths(ctx: Ingress, image_id: str, principal: Principal) -> tuple[Path, Path]:
     """(PNG, sidecar) of an image, or 404. Ids are checked before any path is built."""
     parts = split_image_id(image_id)
     if parts is None:
         raise not_found("image", image_id)
     job_id, number = parts
     try:
-        doc = read_job(ctx, job_id)
+        doc = read_job(ctx, job_id, principal)
     except ApiError:
         raise not_found("image", image_id) from None
     if number > doc.settings.num_images:
@@ -199,8 +264,8 @@ def image_paths(ctx: Ingress, image_id: str) -> tuple[Path, Path]:
     return png, sidecar
 
 
-def read_image_record(ctx: Ingress, image_id: str) -> ImageRecord:
-    _, sidecar = image_paths(ctx, image_id)
+def read_image_record(ctx: Ingress, image_id: str, principal: Principal) -> ImageRecord:
+    _, sidecar = image_paths(ctx, image_id, principal)
     try:
         return _record_decoder.decode(sidecar.read_bytes())
     except FileNotFoundError:

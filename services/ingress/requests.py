@@ -14,6 +14,7 @@ from schemas.catalog import SAMPLERS, Catalog, ModelDefaults, ModelEntry
 from schemas.jobs import GenerationSettings, HiresSettings, JobDocument, JobSpec, LoraRef
 from schemas.layout import DataLayout, lora_file, lora_names, split_image_id
 from schemas.settings import Settings
+from services.ingress.auth import Principal
 from services.ingress.errors import ApiError
 from services.ingress.images import InputImage, decode_base64, load_image
 
@@ -45,7 +46,7 @@ def _bad(message: str) -> ApiError:
 
 
 def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layout: DataLayout,
-                owner: str | None = None) -> Resolved:
+                principal: Principal | None = None) -> Resolved:
     prompt = request.prompt.strip()
     if not prompt:
         raise _bad("prompt must not be empty")
@@ -60,7 +61,7 @@ def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layou
         raise _bad(f"style: unknown style {request.style!r}; valid styles: {', '.join(sorted(catalog.styles))}")
 
     inputs = Inputs()
-    mode = _inputs(request, entry, layout, inputs)
+    mode = _inputs(request, entry, layout, inputs, principal)
     given, defaults = request.settings, entry.defaults
     width, height = _size(given.width, given.height, inputs, defaults)
     num_images, batch_size = _counts(given.num_images, given.batch_size, given.batch_count)
@@ -98,7 +99,7 @@ def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layou
         model=entry.id,
         style=request.style,
         settings=generation,
-        owner=owner,
+        owner=principal.owner if principal else None,
         mode=mode,
         loras=_loras(request, layout.loras_dir),
         notices=tuple(inputs.notices),
@@ -106,7 +107,8 @@ def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layou
     return Resolved(spec=spec, inputs=inputs)
 
 
-def _inputs(request: JobRequest, entry: ModelEntry, layout: DataLayout, inputs: Inputs) -> str:
+def _inputs(request: JobRequest, entry: ModelEntry, layout: DataLayout, inputs: Inputs,
+            principal: Principal | None) -> str:
     """Check and load the input images; the mode follows from which were given."""
     if request.init_image is not None and request.init_image_id is not None:
         raise _bad("give init_image or init_image_id, not both")
@@ -119,7 +121,7 @@ def _inputs(request: JobRequest, entry: ModelEntry, layout: DataLayout, inputs: 
     if request.init_image is not None:
         inputs.init_image = load_image("init_image", decode_base64("init_image", request.init_image), mode="RGB", **bounds)
     elif request.init_image_id is not None:
-        path = _existing_image(layout, request.init_image_id)
+        path = _existing_image(layout, request.init_image_id, principal)
         inputs.init_image = load_image("init_image_id", path.read_bytes(), mode="RGB", **bounds)
         inputs.init_image_path = str(path.relative_to(layout.base))
     if request.mask_image is not None:
@@ -131,8 +133,8 @@ def _inputs(request: JobRequest, entry: ModelEntry, layout: DataLayout, inputs: 
     return mode
 
 
-def _existing_image(layout: DataLayout, image_id: str) -> Path:
-    """The PNG of an image Darkroom holds, found from its id (never from a path the client sent)."""
+def _existing_image(layout: DataLayout, image_id: str, principal: Principal | None) -> Path:
+    """The PNG of an image the caller may see, found from its id (never from a path the client sent)."""
     parts = split_image_id(image_id)
     missing = _bad(f"init_image_id: no image {image_id!r}")
     if parts is None:
@@ -142,6 +144,8 @@ def _existing_image(layout: DataLayout, image_id: str) -> Path:
         doc = msgspec.json.decode(layout.job(job_id).read_bytes(), type=JobDocument)
     except FileNotFoundError:
         raise missing from None
+    if principal is not None and not principal.may_see(doc.owner):
+        raise missing
     path = layout.image(layout.image_file_path(doc.created_at, image_id))
     if not path.is_file():
         raise missing

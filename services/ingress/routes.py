@@ -6,9 +6,10 @@ import asyncio
 import os
 from typing import Annotated
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import File, Redirect
 
@@ -18,38 +19,70 @@ from schemas.api import (
     ErrorBody,
     Health,
     JobCancelAnswer,
-    ResetAnswer,
-    SamplerInfo,
     JobCreated,
     JobRequest,
     ModelInfo,
     ModelList,
+    Quota,
+    ResetAnswer,
+    SamplerInfo,
 )
 from schemas.catalog import SAMPLERS
 from schemas.jobs import ImageMetadata, JobDocument
 from services.ingress import handlers
+from services.ingress.auth import Principal, token_from
 from services.ingress.errors import ApiError
 from services.ingress.handlers import Ingress
 from services.styles import UnknownStyle, enrich_prompt
 
 JSON = "application/json"
+WHY = {
+    400: "A field is wrong; the message names it",
+    401: "No API key, or an invalid or revoked one",
+    403: "The route needs an admin key",
+    404: "No such id for this key (another tenant's ids are 404 too)",
+    409: "Conflicts with the current state (an ended job, a reused Idempotency-Key)",
+    413: "The request body is too large",
+    429: "A rate limit or quota was reached; see Retry-After",
+    503: "The broker or the data directory is unavailable; nothing was changed; see Retry-After",
+}
+
+
+def errors(*codes: int) -> dict[int, ResponseSpec]:
+    """Documented error answers of a route: always {"status": "error", "message": ...}."""
+    return {code: ResponseSpec(data_container=ErrorBody, description=WHY[code]) for code in (401, *codes)}
 
 
 def provide_ctx(state: State) -> Ingress:
     return state.ctx
 
 
-ERRORS = {400: ErrorBody, 404: ErrorBody, 503: ErrorBody}
+async def provide_principal(request: Request, state: State) -> Principal:
+    """The caller, from `Authorization: Bearer <token>` or `X-API-Key: <token>`."""
+    ctx: Ingress = state.ctx
+    ip = request.client.host if request.client else "unknown"
+    if ctx.settings.auth == "off":
+        return Principal(key=None, ip=ip)
+    token = token_from(request.headers)
+    if not token:
+        raise ApiError(401, "missing API key: send Authorization: Bearer <token> or X-API-Key: <token>",
+                       {"WWW-Authenticate": "Bearer"})
+    return Principal(key=ctx.keys.verify(token), ip=ip)
+
+
+Ctx = NamedDependency[Ingress]
+Caller = NamedDependency[Principal]
 
 
 class JobRoutes(Controller):
     path = "/v1/jobs"
     tags = ["jobs"]
 
-    @post("/", status_code=202, summary="Submit a generation job")
+    @post("/", status_code=202, summary="Submit a generation job", responses=errors(400, 409, 413, 429, 503))
     async def create(
         self,
-        ctx: NamedDependency[Ingress],
+        ctx: Ctx,
+        principal: Caller,
         data: JSONBody[JobRequest],
         idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", required=False)] = None,
     ) -> Response[JobCreated]:
@@ -57,7 +90,7 @@ class JobRoutes(Controller):
 
         With an `Idempotency-Key` header, retrying the same request returns the same job (for 24
         hours); the same key with a different body is a 409."""
-        doc, replayed = await handlers.submit_job(ctx, data, idempotency_key=idempotency_key)
+        doc, replayed = await handlers.submit_job(ctx, data, principal, idempotency_key=idempotency_key)
         status_url = f"/v1/jobs/{doc.id}"
         body = JobCreated(
             id=doc.id,
@@ -70,20 +103,21 @@ class JobRoutes(Controller):
         headers = {"Location": status_url} | ({"Idempotent-Replayed": "true"} if replayed else {})
         return Response(body, status_code=202, headers=headers)
 
-    @get("/{job_id:str}", summary="A job's status, progress and images")
-    async def read(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> Response[JobDocument]:
+    @get("/{job_id:str}", summary="A job's status, progress and images", responses=errors(404))
+    async def read(self, ctx: Ctx, principal: Caller, job_id: FromPath[str]) -> Response[JobDocument]:
         # A small file in the page cache: reading it inline is cheaper than a thread hop.
-        return Response(content=handlers.read_job_bytes(ctx, job_id), media_type=JSON)
+        return Response(content=handlers.read_job_bytes(ctx, job_id, principal), media_type=JSON)
 
-    @delete("/{job_id:str}", status_code=202, summary="Cancel a job")
-    async def cancel(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> JobCancelAnswer:
+    @delete("/{job_id:str}", status_code=202, summary="Cancel a job", responses=errors(404, 409, 503))
+    async def cancel(self, ctx: Ctx, principal: Caller, job_id: FromPath[str]) -> JobCancelAnswer:
         """A queued job is cancelled at once and never runs; a running one stops within one step
         and its partial images are discarded. 409 when the job already ended."""
-        return await handlers.cancel_job(ctx, job_id)
+        return await handlers.cancel_job(ctx, job_id, principal)
 
-    @get("/{job_id:str}/preview", summary="The latest preview of a running job (PNG)", media_type="image/png")
-    async def preview(self, ctx: NamedDependency[Ingress], job_id: FromPath[str]) -> File:
-        path = handlers.preview_path(ctx, job_id)
+    @get("/{job_id:str}/preview", summary="The latest preview of a running job (PNG)", media_type="image/png",
+         responses=errors(404))
+    async def preview(self, ctx: Ctx, principal: Caller, job_id: FromPath[str]) -> File:
+        path = handlers.preview_path(ctx, job_id, principal)
         return File(path=path, media_type="image/png", filename=f"{job_id}-preview.png", content_disposition_type="inline")
 
 
@@ -91,19 +125,19 @@ class ImageRoutes(Controller):
     path = "/v1/images"
     tags = ["images"]
 
-    @get("/{image_id:str}", summary="Download an image (PNG)", media_type="image/png")
-    async def read(self, ctx: NamedDependency[Ingress], image_id: FromPath[str]) -> File:
-        png, _ = await asyncio.to_thread(handlers.image_paths, ctx, image_id)
+    @get("/{image_id:str}", summary="Download an image (PNG)", media_type="image/png", responses=errors(404))
+    async def read(self, ctx: Ctx, principal: Caller, image_id: FromPath[str]) -> File:
+        png, _ = await asyncio.to_thread(handlers.image_paths, ctx, image_id, principal)
         return File(path=png, media_type="image/png", filename=f"{image_id}.png", content_disposition_type="inline")
 
-    @get("/{image_id:str}/metadata", summary="How an image was made")
-    async def metadata(self, ctx: NamedDependency[Ingress], image_id: FromPath[str]) -> ImageMetadata:
-        record = await asyncio.to_thread(handlers.read_image_record, ctx, image_id)
+    @get("/{image_id:str}/metadata", summary="How an image was made", responses=errors(404))
+    async def metadata(self, ctx: Ctx, principal: Caller, image_id: FromPath[str]) -> ImageMetadata:
+        record = await asyncio.to_thread(handlers.read_image_record, ctx, image_id, principal)
         return record.metadata
 
 
-@get("/v1/models", tags=["models"], summary="Models this installation offers")
-async def list_models(ctx: NamedDependency[Ingress]) -> ModelList:
+@get("/v1/models", tags=["models"], summary="Models this installation offers", responses=errors())
+async def list_models(ctx: Ctx, principal: Caller) -> ModelList:
     models = {
         entry.id: ModelInfo(
             id=entry.id,
@@ -130,14 +164,29 @@ async def list_models(ctx: NamedDependency[Ingress]) -> ModelList:
     return ModelList(models=models, default=ctx.catalog.default)
 
 
-@post("/v1/queue/reset-stalled", tags=["queue"], summary="Requeue stalled jobs now", status_code=200)
+@get("/v1/samplers", tags=["models"], summary="Samplers by their A1111 names", responses=errors())
+async def list_samplers(principal: Caller) -> list[SamplerInfo]:
+    return [SamplerInfo(name=name, scheduler=scheduler, options=options) for name, (scheduler, options) in SAMPLERS.items()]
+
+
+@get("/v1/quota", tags=["account"], summary="This key's usage, limits and what remains", responses=errors())
+async def quota(ctx: Ctx, principal: Caller) -> Quota:
+    """The weights.gg quota shape (`isPremium`, `usage`, `limits`, `remaining`) with Darkroom's
+    quota names; an unlimited quota reads "Infinity"."""
+    return await handlers.quota(ctx, principal)
+
+
+@post("/v1/queue/reset-stalled", tags=["queue"], summary="Requeue stalled jobs now (admin)", status_code=200,
+      responses=errors(400, 403, 503))
 async def reset_stalled(
-    ctx: NamedDependency[Ingress],
-    silent_seconds: Annotated[float | None, QueryParameter(name="silent_seconds", gt=0, required=False)] = None,
+    ctx: Ctx,
+    principal: Caller,
+    silent_seconds: Annotated[float | None, QueryParameter(name="silent_seconds", gt=0, le=86400, required=False)] = None,
 ) -> ResetAnswer:
     """The reaper sweeps at once: jobs silent past the stall timeout (or `silent_seconds`) are
     requeued for another attempt, or failed after their last. Jobs still making progress are not
-    touched (CyberImage's /reset_queue, but safe)."""
+    touched (CyberImage's /reset_queue, but safe). Admin keys only."""
+    principal.require_admin()
     result = await handlers.reset_stalled(ctx, silent_seconds)
     return ResetAnswer(
         status="success", reset_count=result.reset_count, failed_count=result.failed_count, job_ids=result.job_ids,
@@ -146,13 +195,11 @@ async def reset_stalled(
     )
 
 
-@get("/v1/samplers", tags=["models"], summary="Samplers by their A1111 names")
-async def list_samplers() -> list[SamplerInfo]:
-    return [SamplerInfo(name=name, scheduler=scheduler, options=options) for name, (scheduler, options) in SAMPLERS.items()]
-
-
-@post("/v1/enrich", tags=["prompts"], summary="Apply a style template to a prompt", status_code=200)
-async def enrich(ctx: NamedDependency[Ingress], data: JSONBody[EnrichRequest]) -> EnrichResponse:
+@post("/v1/enrich", tags=["prompts"], summary="Apply a style template to a prompt", status_code=200,
+      responses=errors(400, 413))
+async def enrich(ctx: Ctx, principal: Caller, data: JSONBody[EnrichRequest]) -> EnrichResponse:
+    if len(data.prompt) > ctx.settings.max_prompt_length:
+        raise ApiError(400, f"prompt is {len(data.prompt)} characters; the limit is {ctx.settings.max_prompt_length}")
     try:
         prompt, negative = enrich_prompt(data.prompt, None, data.style, ctx.catalog.styles)
     except UnknownStyle as exc:
@@ -160,8 +207,9 @@ async def enrich(ctx: NamedDependency[Ingress], data: JSONBody[EnrichRequest]) -
     return EnrichResponse(original_prompt=data.prompt, enriched_prompt=prompt, negative_prompt=negative, style=data.style)
 
 
-@get("/health", tags=["ops"], summary="Broker, data directory and worker health (503 when jobs cannot be accepted)")
-async def health(ctx: NamedDependency[Ingress]) -> Response[Health]:
+@get("/health", tags=["ops"], summary="Broker, data directory and worker health (503 when jobs cannot be accepted)",
+     security=[], responses={503: ResponseSpec(data_container=Health, description="Jobs cannot be accepted now")})
+async def health(ctx: Ctx) -> Response[Health]:
     broker_ok = ctx.bus is not None and ctx.bus.connected
     data_ok = await asyncio.to_thread(os.access, ctx.layout.base, os.W_OK)
     generators = 0
@@ -186,5 +234,8 @@ async def docs() -> Redirect:
     return Redirect(path="/schema/docs")
 
 
-ROUTES = [JobRoutes, ImageRoutes, list_models, list_samplers, enrich, reset_stalled, health, docs]
-DEPENDENCIES = {"ctx": Provide(provide_ctx, sync_to_thread=False)}
+ROUTES = [JobRoutes, ImageRoutes, list_models, list_samplers, quota, enrich, reset_stalled, health, docs]
+DEPENDENCIES = {
+    "ctx": Provide(provide_ctx, sync_to_thread=False),
+    "principal": Provide(provide_principal),
+}

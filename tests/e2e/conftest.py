@@ -23,9 +23,14 @@ class Stack:
     data_dir: Path
     process: subprocess.Popen
     log: Path
+    token: str | None = None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10)
+        return httpx.Client(base_url=self.url, timeout=10, headers=self.auth)
 
 
 def darkroom_command() -> list[str]:
@@ -47,7 +52,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
     log = data_dir.parent / "stack.log"
     with log.open("wb") as out:
         process = subprocess.Popen([*darkroom_command(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    stack = Stack(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log=log)
+    # As a newcomer would: the first start makes an admin key and says where it is.
+    first_key = data_dir / "state" / "first-admin-key"
+    wait_for_sync(first_key.exists, timeout=60, what="the first admin key")
+    stack = Stack(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log=log,
+                  token=first_key.read_text().strip())
 
     def ready() -> bool:
         assert process.poll() is None, f"darkroom run exited early:\n{log.read_text()[-3000:]}"

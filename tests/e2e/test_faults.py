@@ -53,9 +53,11 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> I
         "DARKROOM_FAULT_INJECTION": "exit-on-prompt:POISON",
     }
     log = root / "stack.log"
+    key = subprocess.run([*darkroom_command(), "keys", "create", "--name", "faults", "--admin"], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()[-1]
     with log.open("wb") as out:
         process = subprocess.Popen([*darkroom_command(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    stack = Stack(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log=log)
+    stack = Stack(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log=log, token=key)
 
     def ready() -> bool:
         assert process.poll() is None, log.read_text()[-3000:]
@@ -143,7 +145,7 @@ def wait_terminal(stack: Stack, job_ids: list[str], timeout: float = 180) -> dic
 
 def test_a_poison_job_fails_after_its_attempts_and_the_others_flow(fault_stack):
     stack, broker = fault_stack
-    with httpx.Client(base_url=stack.url) as client:
+    with stack.client() as client:
         poison = submit(client, "a POISON apple")
         others = [submit(client, f"a plain apple {n}", seed=n) for n in range(4)]
         docs = wait_terminal(stack, [poison, *others])
@@ -163,7 +165,7 @@ def test_a_poison_job_fails_after_its_attempts_and_the_others_flow(fault_stack):
 
 def test_a_hung_generator_is_found_and_its_late_result_ignored(fault_stack):
     stack, _ = fault_stack
-    with httpx.Client(base_url=stack.url) as client:
+    with stack.client() as client:
         # Big enough to still be running when stopped; the second generator is idle.
         job_id = submit(client, "a slow fox", width=256, height=256, num_inference_steps=50)
         started = wait_for_sync(
@@ -199,7 +201,7 @@ def test_chaos_every_service_killed_and_the_broker_restarted(fault_stack, capsys
     faults: list[str] = []
 
     def client_thread() -> None:
-        with httpx.Client(base_url=stack.url) as client:
+        with stack.client() as client:
             for n in range(45):
                 images = 2 if n % 9 == 0 else 1
                 accepted[f"chaos-{n}"] = submit(client, f"chaos fox {n}", key=f"chaos-{n}", seed=1000 + n,

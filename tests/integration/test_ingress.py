@@ -95,7 +95,7 @@ async def test_health_reports_broker_and_workers(client):
 async def test_broker_down_means_503_with_retry_after_and_nothing_kept(data_dir):
     from ops.broker import free_port
 
-    settings = Settings(data_dir=str(data_dir), amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    settings = Settings(data_dir=str(data_dir), amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", auth="off")
     async with AsyncTestClient(app=create_app(settings)) as client:
         answer = await client.post("/v1/jobs", json={"prompt": "a red fox"})
         assert answer.status_code == 503 and answer.headers["retry-after"] == "5"

@@ -276,7 +276,7 @@ async def test_a_key_whose_submit_failed_is_free_again_and_nothing_half_accepted
     from ops.broker import free_port
     from schemas.settings import Settings
 
-    settings = Settings(data_dir=str(data_dir), amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    settings = Settings(data_dir=str(data_dir), amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", auth="off")
     async with AsyncTestClient(app=create_app(settings)) as client:
         answer = await client.post("/v1/jobs", json={"prompt": "x"}, headers={"Idempotency-Key": "k1"})
         assert answer.status_code == 503

@@ -52,6 +52,9 @@ def http_error(request: Request, exc: HTTPException) -> Response:
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
+    elif exc.status_code == 413:
+        limit = request.app.state.ctx.settings.max_body_bytes
+        message = f"the request body is over the limit of {limit / 1e6:.1f} MB (DARKROOM_MAX_BODY_BYTES)"
     return Response(_body(message), status_code=exc.status_code, headers=headers)
 
 

@@ -55,9 +55,12 @@ def load_image(field: str, data: bytes, *, max_width: int, max_height: int, mode
             image.load()
     except ApiError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        raise ApiError(400, f"{field} is not a readable image: {exc}") from None
+    except UnidentifiedImageError:
+        raise ApiError(400, f"{field} is not an image Darkroom can read (PNG, JPEG or WebP)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ApiError(400, f"{field} has too many pixels to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(400, f"{field} is damaged and cannot be decoded: {exc}") from None
     converted = image.convert(mode)
     buffer = io.BytesIO()
     converted.save(buffer, format="PNG")

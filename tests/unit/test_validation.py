@@ -114,7 +114,7 @@ def test_ignored_fields_are_said_not_silently_dropped():
         ({"settings": {"enable_hr": True, "hr_scale": 4.0, "width": 512, "height": 512}},
          "settings.hr_scale 4 gives 2048x2048: hires width 2048 is over the limit of 1024"),
         ({"init_image": "not base64!!"}, "init_image is not valid base64"),
-        ({"init_image": base64.b64encode(b"GIF89a definitely not an image").decode()}, "init_image is not a readable image"),
+        ({"init_image": base64.b64encode(b"GIF89a definitely not an image").decode()}, "init_image is not an image Darkroom can read (PNG, JPEG or WebP)"),
         ({"init_image": png((2048, 64))}, "init_image is 2048x64; the model accepts at most 1024x1024"),
         ({"init_image": png((64, 64)), "mask_image": png((32, 32), "L")},
          "mask_image is 32x32; it must be the init image's size, 64x64"),

@@ -89,8 +89,10 @@ class Worker:
         self.cancelled: OrderedDict[str, None] = OrderedDict()
         # The newest attempt of each job we heard of: older attempts are zombies and are dropped.
         self.superseded: OrderedDict[str, int] = OrderedDict()
-        # The newest attempt another worker started: a second copy of it is a duplicate.
-        self.started_elsewhere: OrderedDict[str, int] = OrderedDict()
+        # The newest attempt started by any worker, this one included: a second copy of it is a
+        # duplicate (an enricher that died after sending but before acking, or a redelivery from
+        # a lost worker numbered like the attempt the reaper already requeued).
+        self.started: OrderedDict[str, int] = OrderedDict()
         # Jobs that ended (completed, failed, cancelled): any copy of their command left is stale.
         self.ended: OrderedDict[str, None] = OrderedDict()
         # Jobs in the call being prepared or run, with their attempt: what heartbeats speak for.
@@ -103,11 +105,10 @@ class Worker:
         return job_id in self.cancelled
 
     def is_stale(self, command: GenerateImages) -> bool:
-        """An older attempt (a zombie), or an attempt another worker already runs (a duplicate,
-        e.g. from an enricher that died after sending but before acking)."""
+        """An older attempt (a zombie), or an attempt some worker already started (a duplicate)."""
         job = command.job_id
         return (job in self.ended or self.superseded.get(job, 0) > command.attempt
-                or self.started_elsewhere.get(job, 0) >= command.attempt)
+                or self.started.get(job, 0) >= command.attempt)
 
     async def heartbeats(self) -> None:
         """Say, for every job held, that this worker is alive and on it (the reaper listens)."""
@@ -182,6 +183,8 @@ class Worker:
         if not commands:
             return
         self.held = {c.job_id: c.attempt for c in commands}
+        for c in commands:
+            _remember_max(self.started, c.job_id, c.attempt)
         self.interrupt = False
         # job.started is confirmed while the work begins; it is awaited before any outcome is sent.
         started = asyncio.gather(*(
@@ -407,11 +410,12 @@ async def follow_job(event: Event, *, worker: Worker) -> None:
             worker.ended.popitem(last=False)
     elif isinstance(event, JobRequeued) and event.replay:
         worker.ended.pop(event.job_id, None)  # an operator brought it back
+        worker.started.pop(event.job_id, None)
         _remember_max(worker.superseded, event.job_id, event.attempt)
     elif isinstance(event, (JobRequeued, JobStarted)):
         _remember_max(worker.superseded, event.job_id, event.attempt)
-        if isinstance(event, JobStarted) and event.worker != worker.id:
-            _remember_max(worker.started_elsewhere, event.job_id, event.attempt)
+        if isinstance(event, JobStarted):
+            _remember_max(worker.started, event.job_id, event.attempt)
 
 
 def _remember_max(seen: OrderedDict[str, int], job_id: str, attempt: int) -> None:

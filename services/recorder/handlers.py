@@ -11,7 +11,7 @@ from schemas.events import Event, JobProgressed
 from schemas.jobs import TERMINAL_STATUSES, JobDocument
 from schemas.layout import DataLayout
 from services.files import sweep_temp_files, write_atomic
-from services.recorder.documents import apply_event
+from schemas.lifecycle import apply_event
 from services.recorder.store import EventLog, JobStore, log_line
 
 log = structlog.get_logger("recorder")

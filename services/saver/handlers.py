@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Protocol
@@ -110,20 +111,50 @@ class JobLocks:
                 del self._users[job_id], self._locks[job_id]
 
 
-async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout, locks: JobLocks) -> None:
+class SavedImages:
+    """The images this saver wrote lately, with the attempt and event that wrote each.
+
+    Two copies of one attempt can both be generated (a redelivered command racing the requeued
+    one); the job document may not show the first as saved yet when the second arrives, so the
+    saver remembers. A redelivery of the same event (the saver died before announcing it) is
+    announced again.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._saved: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._size = size
+
+    def duplicate_reason(self, event: ImageGenerated) -> str | None:
+        attempt, event_id = self._saved.get(event.image_id, (0, event.event_id))
+        if event.attempt <= attempt and event_id != event.event_id:
+            return f"image already saved from attempt {attempt}"
+        return None
+
+    def add(self, event: ImageGenerated) -> None:
+        self._saved[event.image_id] = (event.attempt, event.event_id)
+        self._saved.move_to_end(event.image_id)
+        while len(self._saved) > self._size:
+            self._saved.popitem(last=False)
+
+
+async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout, locks: JobLocks,
+                     saved: SavedImages) -> None:
     """Write the image durably, announce it, and complete the job when its last image is in."""
     async with locks.hold(event.job_id):
-        reason, record, records = await asyncio.to_thread(store_image, layout, event)
+        reason = saved.duplicate_reason(event)
+        if reason is None:
+            reason, record, records = await asyncio.to_thread(store_image, layout, event)
         if reason is not None:
             log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
             return
-        saved = ImageSaved(job_id=event.job_id, image=record)
+        saved.add(event)
+        announced = ImageSaved(job_id=event.job_id, image=record)
         if records is None:
-            await bus.publish(saved)
+            await bus.publish(announced)
             return
         completed = JobCompleted(job_id=event.job_id, image_ids=[r.id for r in records], images=records, attempt=event.attempt)
         # image.saved is written to the broker before job.completed; both confirms awaited together.
-        await asyncio.gather(bus.publish(saved), bus.publish(completed))
+        await asyncio.gather(bus.publish(announced), bus.publish(completed))
 
 
 async def fail_job(event: ImageGenerated, error: Exception, *, bus: Publisher) -> None:

@@ -26,7 +26,7 @@ from PIL import Image
 from ops.broker import PrivateBroker, free_port
 from schemas.events import AnyEvent
 from schemas.jobs import ACTIVE_STATUSES, JobDocument
-from services.recorder.documents import apply_event
+from schemas.lifecycle import apply_event
 from tests.e2e.conftest import Stack, darkroom_command
 from tests.support import wait_for_sync
 

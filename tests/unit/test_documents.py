@@ -20,7 +20,7 @@ from schemas.events import (
     ModelLoading,
 )
 from schemas.jobs import GenerationSettings, ImageMetadata, ImageRecord, JobSpec
-from services.recorder.documents import apply_event
+from schemas.lifecycle import apply_event
 
 T0 = datetime(2026, 3, 20, 10, 30, tzinfo=UTC)
 SETTINGS = GenerationSettings(num_images=2, num_inference_steps=4, guidance_scale=7.5, width=64, height=64, seed=7)

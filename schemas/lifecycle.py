@@ -1,4 +1,5 @@
-"""How each event changes a job's document. Pure: no I/O, so it is tested with plain values."""
+"""How each event changes a job's document: the one state machine of a job, shared by the recorder
+(job documents) and the projection (DuckDB). Pure: no I/O, tested with plain values."""
 
 from __future__ import annotations
 
@@ -120,6 +121,9 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
 
 
 def _add_images(doc: JobDocument, images: list[ImageRecord]) -> None:
+    if not doc.images:
+        doc.images = sorted(images, key=lambda image: image.metadata.image_number)
+        return
     known = {image.id for image in doc.images}
     fresh = [image for image in images if image.id not in known]
     if fresh:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any
 
 import msgspec
 
@@ -153,3 +154,129 @@ class Health(msgspec.Struct, kw_only=True):
     broker: str
     data_dir: str
     generators: int
+    projection: ProjectionStatus | None = None
+
+
+class ProjectionStatus(msgspec.Struct, kw_only=True):
+    """How far the DuckDB projection is behind the event log."""
+
+    events_applied: int
+    pending_bytes: int
+    lag_seconds: float
+    last_event_at: datetime | None = None
+
+
+class StatusCounts(msgspec.Struct, kw_only=True):
+    pending: int = 0
+    processing: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    total: int = 0
+
+
+class QueueStats(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """GET /v1/queue in the CyberImage shape plus `cancelled`. With ?detailed=true also the last
+    24 hours, per-model counts, the mean processing time and the failure rate (failed / finished, %)."""
+
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+    total: int
+    queue_size: int
+    recent_24h: StatusCounts | None = None
+    avg_processing_time_seconds: float | None = None
+    models: dict[str, StatusCounts] | None = None
+    failure_rate: float | None = None
+
+
+class JobSummary(msgspec.Struct, kw_only=True):
+    """One job in GET /v1/jobs (the full document is at `status_url`)."""
+
+    id: str
+    status: str
+    model: str
+    mode: str
+    prompt: str
+    num_images: int
+    owner: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    updated_at: datetime
+    attempts: int
+    error: str | None
+    status_url: str
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    """GET /v1/jobs: newest first; pass `next_cursor` as `cursor` for the next page (null: no more)."""
+
+    jobs: list[JobSummary]
+    next_cursor: str | None
+
+
+class GalleryImage(msgspec.Struct, kw_only=True):
+    """One image in GET /v1/gallery (CyberImage's fields plus where to fetch it)."""
+
+    id: str
+    job_id: str
+    model_id: str
+    prompt: str
+    width: int
+    height: int
+    seed: int
+    settings: dict[str, Any]
+    created_at: datetime
+    url: str
+
+
+class Gallery(msgspec.Struct, kw_only=True):
+    """GET /v1/gallery in the CyberImage shape; `page` is null when paging by `cursor`."""
+
+    images: list[GalleryImage]
+    page: int | None
+    limit: int
+    has_more: bool
+    total: int
+    next_cursor: str | None
+
+
+class ImageDeleteAnswer(msgspec.Struct, kw_only=True):
+    status: str
+    id: str
+    message: str
+
+
+class OpsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/ops/query: one or more SELECT statements over the projection (the last one answers)."""
+
+    sql: Annotated[str, msgspec.Meta(min_length=1, max_length=100_000)]
+    max_rows: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+
+
+class OpsQueryResult(msgspec.Struct, kw_only=True):
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+
+
+class OpsStats(msgspec.Struct, kw_only=True):
+    """GET /v1/ops/stats: detailed queue statistics over every tenant, and the projection's state."""
+
+    queue: QueueStats
+    projection: ProjectionStatus
+
+
+class RebuildAnswer(msgspec.Struct, kw_only=True):
+    events: int
+    seconds: float
+
+
+class ExportAnswer(msgspec.Struct, kw_only=True):
+    """POST /v1/ops/export: Parquet files written under the data directory's exports/ folder."""
+
+    folder: str
+    files: list[str]

@@ -106,6 +106,15 @@ class DataLayout(msgspec.Struct, frozen=True):
     def queue_file(self) -> Path:
         return self.base / "queue.txt"
 
+    @property
+    def analytics_db(self) -> Path:
+        """The DuckDB projection of the event log (rebuildable from it at any time)."""
+        return self.base / "analytics.duckdb"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.base / "exports"
+
     def event_log(self, day: date) -> Path:
         return self.events_dir / f"{day.isoformat()}.jsonl"
 

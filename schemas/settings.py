@@ -76,6 +76,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # On SIGTERM a generator lets its current call run this long, then stops it at the next step
     # and puts its jobs back in the queue.
     shutdown_grace: float = 10.0
+    # Seconds an image is kept before the retention janitor deletes it (image.expired); 0: forever.
+    image_ttl: float = 0.0
 
     @property
     def service_list(self) -> tuple[str, ...]:
@@ -109,9 +111,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return settings
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Seconds from "600", "10m", "24h" or "7d"."""
+    match = _DURATION.match(raw)
+    if not match:
+        raise SettingsError(f"{name} must be a duration like 600, 10m, 24h or 7d, got {raw!r}")
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
+
+
 def _parse(name: str, raw: str, kind: object) -> object:
     if name == "DARKROOM_MEMORY_BUDGET":
         return parse_size(name, raw)
+    if name == "DARKROOM_IMAGE_TTL":
+        return parse_duration(name, raw)
     if kind is int:
         try:
             return int(raw)

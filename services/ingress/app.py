@@ -22,6 +22,7 @@ from services.bus import Bus, BrokerUnavailable
 from services.files import sweep_temp_files
 from services.ingress.errors import EXCEPTION_HANDLERS
 from services.ingress.handlers import Ingress
+from services.ingress.readside import ReadSide
 from services.ingress.routes import DEPENDENCIES, ROUTES
 
 log = structlog.get_logger("ingress")
@@ -57,14 +58,22 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         ctx.connecting = asyncio.create_task(keep_connected(ctx))
+        ctx.readside = ReadSide(settings, ctx.layout)
+        background = [asyncio.create_task(ctx.readside.follow())]
+        if settings.image_ttl > 0:
+            log.info("retention janitor on", image_ttl_seconds=settings.image_ttl)
+            background.append(asyncio.create_task(ctx.readside.janitor(lambda: ctx.bus)))
         try:
             yield
         finally:
-            ctx.connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ctx.connecting
+            for task in (ctx.connecting, *background):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if ctx.bus is not None:
                 await ctx.bus.close()
+            readside, ctx.readside = ctx.readside, None
+            await asyncio.to_thread(readside.close)
 
     return Litestar(
         route_handlers=ROUTES,

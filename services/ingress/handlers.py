@@ -13,7 +13,17 @@ import structlog
 
 from schemas.api import JobCancelAnswer, JobRequest, Quota
 from schemas.catalog import Catalog
-from schemas.events import JobAccepted, JobCancelled, JobCancelRequested, SweepResult, SweepStalled, new_id, utcnow
+from ops import queries
+from schemas.events import (
+    ImageDeleted,
+    JobAccepted,
+    JobCancelled,
+    JobCancelRequested,
+    SweepResult,
+    SweepStalled,
+    new_id,
+    utcnow,
+)
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
 from schemas.layout import DataLayout, is_job_id, split_image_id
 from schemas.settings import Settings
@@ -22,6 +32,7 @@ from services.files import create_file, publish_staged, temp_path, write_atomic_
 from services.ingress.auth import UNLIMITED, KeyStore, Limits, Principal
 from services.ingress.errors import ApiError, not_found
 from services.ingress.idempotency import ABANDONED_SECONDS, IdempotencyStore, check_key, fingerprint
+from services.ingress.readside import ReadSide
 from services.ingress.requests import Resolved, resolve_job
 
 log = structlog.get_logger("ingress")
@@ -32,6 +43,7 @@ _record_decoder = msgspec.json.Decoder(ImageRecord)
 
 class _Head(msgspec.Struct):
     owner: str | None = None
+    status: str = ""
 
 
 _head_decoder = msgspec.json.Decoder(_Head)
@@ -46,6 +58,7 @@ class Ingress:
     layout: DataLayout
     bus: Bus | None = None
     connecting: asyncio.Task | None = field(default=None, repr=False)
+    readside: ReadSide | None = field(default=None, repr=False)
     idempotency: IdempotencyStore = field(init=False)
     keys: KeyStore = field(init=False)
     limits: Limits = field(init=False)
@@ -210,6 +223,16 @@ def read_job_bytes(ctx: Ingress, job_id: str, principal: Principal) -> bytes:
     return data
 
 
+async def job_with_place(ctx: Ingress, job_id: str, principal: Principal) -> bytes:
+    """The job's document; while pending, with its place in the queue and an estimated wait."""
+    data = read_job_bytes(ctx, job_id, principal)
+    if _head_decoder.decode(data).status != "pending" or ctx.readside is None:
+        return data
+    doc = _doc_decoder.decode(data)
+    doc.queue_position, doc.eta_seconds = await ctx.readside.query(queries.queue_position, doc.id, doc.created_at)
+    return _encoder.encode(doc)
+
+
 def read_job(ctx: Ingress, job_id: str, principal: Principal) -> JobDocument:
     return _doc_decoder.decode(read_job_bytes(ctx, job_id, principal))
 
@@ -270,3 +293,30 @@ def read_image_record(ctx: Ingress, image_id: str, principal: Principal) -> Imag
         return _record_decoder.decode(sidecar.read_bytes())
     except FileNotFoundError:
         raise not_found("image", image_id) from None
+
+
+async def delete_image(ctx: Ingress, image_id: str, principal: Principal) -> None:
+    """Announce the deletion (the recorder edits the job, the projection drops the row), then
+    remove the files. If this dies in between, deleting again finishes it."""
+    png, sidecar = await asyncio.to_thread(image_paths, ctx, image_id, principal)
+    bus = ctx.require_bus()
+    job_id, _ = split_image_id(image_id)
+    await bus.publish(ImageDeleted(job_id=job_id, image_id=image_id))
+    await asyncio.to_thread(_remove, sidecar, png)
+    log.info("image deleted", image_id=image_id, by=principal.owner)
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def scope_of(principal: Principal) -> queries.Scope:
+    """Admins see every tenant's rows; a key sees its own."""
+    return queries.Scope(everyone=True) if principal.admin else queries.Scope(owner=principal.owner)
+
+
+def require_readside(ctx: Ingress) -> ReadSide:
+    if ctx.readside is None:
+        raise ApiError(503, "the read side is not open yet", {"Retry-After": "1"})
+    return ctx.readside

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from datetime import UTC, datetime
 from typing import Annotated
+
+import duckdb
+import msgspec
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
@@ -17,22 +22,33 @@ from schemas.api import (
     EnrichRequest,
     EnrichResponse,
     ErrorBody,
+    ExportAnswer,
+    Gallery,
     Health,
+    ImageDeleteAnswer,
     JobCancelAnswer,
     JobCreated,
+    JobList,
     JobRequest,
     ModelInfo,
     ModelList,
+    OpsQuery,
+    OpsQueryResult,
+    OpsStats,
+    ProjectionStatus,
+    QueueStats,
     Quota,
+    RebuildAnswer,
     ResetAnswer,
     SamplerInfo,
 )
 from schemas.catalog import SAMPLERS
-from schemas.jobs import ImageMetadata, JobDocument
+from ops import queries
+from schemas.jobs import ImageMetadata, JobDocument, JobStatus
 from services.ingress import handlers
 from services.ingress.auth import Principal, token_from
 from services.ingress.errors import ApiError
-from services.ingress.handlers import Ingress
+from services.ingress.handlers import Ingress, require_readside, scope_of
 from services.styles import UnknownStyle, enrich_prompt
 
 JSON = "application/json"
@@ -103,10 +119,32 @@ class JobRoutes(Controller):
         headers = {"Location": status_url} | ({"Idempotent-Replayed": "true"} if replayed else {})
         return Response(body, status_code=202, headers=headers)
 
+    @get("/", summary="List jobs, newest first", responses=errors(400, 503))
+    async def list(
+        self,
+        ctx: Ctx,
+        principal: Caller,
+        status: Annotated[JobStatus | None, QueryParameter(required=False)] = None,
+        model: Annotated[str | None, QueryParameter(required=False, max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, QueryParameter(required=False, max_length=500,
+                                                      description="next_cursor of the previous page")] = None,
+    ) -> JobList:
+        """Your jobs (an admin: everyone's), optionally of one status or model (Chutes'
+        `GET /status?status=`). Keyset-paginated: follow `next_cursor`. Reads the DuckDB projection,
+        which trails the event log by milliseconds."""
+        try:
+            jobs, next_cursor = await require_readside(ctx).query(
+                queries.list_jobs, scope_of(principal), status=status, model=model, limit=limit, cursor=cursor)
+        except queries.BadCursor as exc:
+            raise ApiError(400, str(exc)) from None
+        return msgspec.convert({"jobs": jobs, "next_cursor": next_cursor}, JobList)
+
     @get("/{job_id:str}", summary="A job's status, progress and images", responses=errors(404))
     async def read(self, ctx: Ctx, principal: Caller, job_id: FromPath[str]) -> Response[JobDocument]:
-        # A small file in the page cache: reading it inline is cheaper than a thread hop.
-        return Response(content=handlers.read_job_bytes(ctx, job_id, principal), media_type=JSON)
+        """While the job is pending, `queue_position` (1 = next) and `eta_seconds` (from the recent
+        throughput) say how long it may wait."""
+        return Response(content=await handlers.job_with_place(ctx, job_id, principal), media_type=JSON)
 
     @delete("/{job_id:str}", status_code=202, summary="Cancel a job", responses=errors(404, 409, 503))
     async def cancel(self, ctx: Ctx, principal: Caller, job_id: FromPath[str]) -> JobCancelAnswer:
@@ -134,6 +172,47 @@ class ImageRoutes(Controller):
     async def metadata(self, ctx: Ctx, principal: Caller, image_id: FromPath[str]) -> ImageMetadata:
         record = await asyncio.to_thread(handlers.read_image_record, ctx, image_id, principal)
         return record.metadata
+
+    @delete("/{image_id:str}", status_code=200, summary="Delete an image (its owner or an admin)",
+            responses=errors(404, 503))
+    async def remove(self, ctx: Ctx, principal: Caller, image_id: FromPath[str]) -> ImageDeleteAnswer:
+        """Removes the PNG and its sidecar, takes it out of its job and the gallery (`image.deleted`)."""
+        await handlers.delete_image(ctx, image_id, principal)
+        return ImageDeleteAnswer(status="success", id=image_id, message=f"Image {image_id} deleted")
+
+
+@get("/v1/gallery", tags=["images"], summary="Images, newest first, with search", responses=errors(400, 503))
+async def gallery(
+    ctx: Ctx,
+    principal: Caller,
+    page: Annotated[int, QueryParameter(ge=1, le=100_000)] = 1,
+    limit: Annotated[int, QueryParameter(ge=1, le=queries.MAX_PAGE)] = 20,
+    search: Annotated[str | None, QueryParameter(required=False, max_length=200,
+                                                 description="Matches prompt or model, case-insensitive")] = None,
+    model: Annotated[str | None, QueryParameter(required=False, max_length=200)] = None,
+    cursor: Annotated[str | None, QueryParameter(required=False, max_length=500,
+                                                 description="next_cursor of the previous page (deep pages)")] = None,
+) -> Gallery:
+    """CyberImage's gallery: `images`, `page`, `limit` (at most 50), `has_more`, `total`. Deep pages
+    are cheaper by `cursor` (keyset) than by `page` (offset)."""
+    try:
+        found = await require_readside(ctx).query(queries.gallery, scope_of(principal), page=page, limit=limit,
+                                                  search=search, model=model, cursor=cursor)
+    except queries.BadCursor as exc:
+        raise ApiError(400, str(exc)) from None
+    return msgspec.convert(found, Gallery)
+
+
+@get("/v1/queue", tags=["queue"], summary="Queue statistics", responses=errors(503))
+async def queue(
+    ctx: Ctx,
+    principal: Caller,
+    detailed: Annotated[bool, QueryParameter(description="Add the last 24 h, per-model counts, timings")] = False,
+) -> QueueStats:
+    """CyberImage's queue statistics over the jobs you can see (an admin: every tenant's)."""
+    readside = require_readside(ctx)
+    stats = await readside.query(queries.detailed_stats if detailed else queries.queue_stats, scope_of(principal))
+    return msgspec.convert(stats, QueueStats)
 
 
 @get("/v1/models", tags=["models"], summary="Models this installation offers", responses=errors())
@@ -224,8 +303,87 @@ async def health(ctx: Ctx) -> Response[Health]:
         broker="connected" if broker_ok else "unreachable",
         data_dir="writable" if data_ok else "not writable",
         generators=generators,
+        projection=await _projection_status(ctx),
     )
     return Response(body, status_code=503 if status == "unavailable" else 200)
+
+
+async def _projection_status(ctx: Ingress) -> ProjectionStatus | None:
+    if ctx.readside is None:
+        return None
+    return msgspec.convert(await asyncio.to_thread(ctx.readside.status), ProjectionStatus)
+
+
+@get("/metrics", tags=["ops"], summary="Prometheus metrics (admin)", media_type="text/plain; version=0.0.4",
+     responses=errors(403, 503))
+async def metrics(ctx: Ctx, principal: Caller) -> str:
+    """Projection lag and position, and jobs by status, in the Prometheus text format."""
+    principal.require_admin()
+    readside = require_readside(ctx)
+    state = await asyncio.to_thread(readside.status)
+    stats = await readside.query(queries.queue_stats, queries.Scope(everyone=True))
+    lines = [
+        "# HELP darkroom_projection_lag_seconds How long the oldest unapplied part of the event log has waited.",
+        "# TYPE darkroom_projection_lag_seconds gauge",
+        f"darkroom_projection_lag_seconds {state['lag_seconds']}",
+        "# HELP darkroom_projection_pending_bytes Bytes of the event log not applied yet.",
+        "# TYPE darkroom_projection_pending_bytes gauge",
+        f"darkroom_projection_pending_bytes {state['pending_bytes']}",
+        "# HELP darkroom_projection_events_total Events applied to the projection.",
+        "# TYPE darkroom_projection_events_total counter",
+        f"darkroom_projection_events_total {state['events_applied']}",
+        "# HELP darkroom_jobs Jobs by status.",
+        "# TYPE darkroom_jobs gauge",
+        *(f'darkroom_jobs{{status="{name}"}} {stats[name]}' for name in queries.COUNTED),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class OpsRoutes(Controller):
+    """What `darkroom ops` calls while the stack runs (the ingress owns the DuckDB file). Admin only."""
+
+    path = "/v1/ops"
+    tags = ["ops"]
+
+    @get("/stats", summary="Detailed statistics of every tenant, and the projection's state", responses=errors(403, 503))
+    async def stats(self, ctx: Ctx, principal: Caller) -> OpsStats:
+        principal.require_admin()
+        readside = require_readside(ctx)
+        queue_stats = await readside.query(queries.detailed_stats, queries.Scope(everyone=True))
+        return OpsStats(queue=msgspec.convert(queue_stats, QueueStats),
+                        projection=msgspec.convert(await asyncio.to_thread(readside.status), ProjectionStatus))
+
+    @post("/query", status_code=200, summary="Run read-only SQL on the projection", responses=errors(400, 403, 413, 503))
+    async def query(self, ctx: Ctx, principal: Caller, data: JSONBody[OpsQuery]) -> OpsQueryResult:
+        """SELECT statements only (parsed, not pattern-matched), in a read-only transaction,
+        stopped after 30 s; at most `max_rows` rows (`truncated` says when there were more)."""
+        principal.require_admin()
+        readside = require_readside(ctx)
+        try:
+            columns, rows, truncated = await readside.query(queries.run_query, data.sql, max_rows=data.max_rows)
+        except queries.NotReadOnly as exc:
+            raise ApiError(400, str(exc)) from None
+        except duckdb.Error as exc:
+            raise ApiError(400, f"sql: {exc}") from None
+        return OpsQueryResult(columns=columns, rows=[list(row) for row in rows], truncated=truncated)
+
+    @post("/rebuild", status_code=200, summary="Rebuild the projection from the event log", responses=errors(403, 503))
+    async def rebuild(self, ctx: Ctx, principal: Caller) -> RebuildAnswer:
+        principal.require_admin()
+        started = time.monotonic()
+        events = await require_readside(ctx).rebuild()
+        return RebuildAnswer(events=events, seconds=round(time.monotonic() - started, 3))
+
+    @post("/export", status_code=200, summary="Export the projection as Parquet files", responses=errors(403, 503))
+    async def export(self, ctx: Ctx, principal: Caller) -> ExportAnswer:
+        """Writes jobs.parquet and images.parquet into a new folder under the data directory's
+        `exports/` (a consistent snapshot)."""
+        principal.require_admin()
+        readside = require_readside(ctx)
+        folder = ctx.layout.exports_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+        files = await readside.query(queries.export_parquet, str(folder))
+        return ExportAnswer(folder=str(folder), files=files)
 
 
 @get("/docs", include_in_schema=False)
@@ -234,7 +392,8 @@ async def docs() -> Redirect:
     return Redirect(path="/schema/docs")
 
 
-ROUTES = [JobRoutes, ImageRoutes, list_models, list_samplers, quota, enrich, reset_stalled, health, docs]
+ROUTES = [JobRoutes, ImageRoutes, OpsRoutes, gallery, queue, metrics, list_models, list_samplers, quota, enrich,
+          reset_stalled, health, docs]
 DEPENDENCIES = {
     "ctx": Provide(provide_ctx, sync_to_thread=False),
     "principal": Provide(provide_principal),

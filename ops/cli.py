@@ -83,6 +83,36 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ops import analytics, queries
+
+    settings = _settings()
+    try:
+        if args.ops_command == "stats":
+            found = analytics.stats(settings)
+            print(analytics.to_json(found) if args.json else analytics.render_stats(found))
+        elif args.ops_command == "query":
+            found = analytics.query(settings, args.sql, args.max_rows)
+            if args.json:
+                print(analytics.to_json([dict(zip(found["columns"], row, strict=True)) for row in found["rows"]]))
+            else:
+                print(analytics.render_table(found["columns"], found["rows"]))
+            if found["truncated"]:
+                print(f"(only the first {args.max_rows} rows; raise --max-rows)", file=sys.stderr)
+        elif args.ops_command == "rebuild":
+            found = analytics.rebuild(settings)
+            print(f"rebuilt the projection from {found['events']} events in {found['seconds']} s")
+        else:
+            for path in analytics.export(settings, Path(args.parquet)):
+                print(path)
+    except (analytics.OpsError, queries.NotReadOnly) as exc:
+        print(f"darkroom ops {args.ops_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 DEFAULT_CASES = ("overhead", "saturation", "batching", "memory", "ingress", "broker", "readside")
 
 
@@ -121,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="replay every dead letter")
     dead.add_argument("--json", action="store_true", help="list as JSON")
     dead.set_defaults(func=cmd_dead_letters)
+    stats = ops_sub.add_parser("stats", help="queue statistics from the DuckDB projection")
+    stats.add_argument("--json", action="store_true", help="as JSON")
+    stats.set_defaults(func=cmd_analytics)
+    query = ops_sub.add_parser("query", help="run read-only SQL (SELECT) on the projection: tables jobs, images")
+    query.add_argument("sql", help='e.g. "SELECT model, count(*) FROM jobs GROUP BY ALL"')
+    query.add_argument("--json", action="store_true", help="rows as JSON objects instead of a table")
+    query.add_argument("--max-rows", type=int, default=1000, help="at most this many rows (default 1000, max 10000)")
+    query.set_defaults(func=cmd_analytics)
+    rebuild = ops_sub.add_parser("rebuild", help="rebuild the projection from the event log")
+    rebuild.set_defaults(func=cmd_analytics)
+    export = ops_sub.add_parser("export", help="export the projection's tables as Parquet files")
+    export.add_argument("--parquet", required=True, metavar="DIR", help="folder for jobs.parquet and images.parquet")
+    export.set_defaults(func=cmd_analytics)
     schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
     schema.set_defaults(func=cmd_schema)
     return parser

@@ -203,7 +203,7 @@ async def gallery(
     return msgspec.convert(found, Gallery)
 
 
-@get("/v1/queue", tags=["queue"], summary="Queue statistics", responses=errors(503))
+@get("/v1/queue", tags=["queue"], summary="Queue statistics", responses=errors(400, 503))
 async def queue(
     ctx: Ctx,
     principal: Caller,

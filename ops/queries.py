@@ -39,7 +39,8 @@ class Scope:
 
 
 def _naive(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None)
+    """UTC without a zone, as the tables store it (a value without a zone is taken as UTC already)."""
+    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _aware(value: datetime | None) -> datetime | None:

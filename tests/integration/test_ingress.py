@@ -89,7 +89,9 @@ async def test_models_in_cyberimage_shape_with_default(client):
 async def test_health_reports_broker_and_workers(client):
     answer = await client.get("/health")
     assert answer.status_code == 200
-    assert answer.json() == {"status": "degraded", "broker": "connected", "data_dir": "writable", "generators": 0}
+    assert answer.json() == {"status": "degraded", "broker": "connected", "data_dir": "writable", "generators": 0,
+                             "projection": {"events_applied": 0, "pending_bytes": 0, "lag_seconds": 0.0,
+                                            "last_event_at": None}}
 
 
 async def test_broker_down_means_503_with_retry_after_and_nothing_kept(data_dir):

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from schemas.events import JobFailed
-from services.bus import QUEUE_HEADER, REASON_HEADER, Bus, BrokerUnavailable, event_decoder
+from services.bus import QUEUE_HEADER, REASON_HEADER, BrokerUnavailable, Bus, event_decoder
 from tests.support import wait_for
 
 
@@ -137,7 +137,11 @@ async def test_consumers_come_back_after_the_broker_restarts(tmp_path):
         # A follower's queue is exclusive: it exists again only once restored, and hears only
         # what is published after that, so keep publishing until it hears.
         for _ in range(90):
-            await bus.publish(JobFailed(job_id="event-after", reason="x"))
+            try:
+                await bus.publish(JobFailed(job_id="event-after", reason="x"))
+            except BrokerUnavailable:  # a channel still being restored says so; callers retry
+                await asyncio.sleep(0.5)
+                continue
             if "event-after" in followed:
                 break
             await asyncio.sleep(0.5)

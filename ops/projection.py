@@ -161,7 +161,7 @@ class Projection:
         self.position = self._read_at = self._load_position()
         # Documents of active and recently ended jobs, oldest first, so most events fold without a query.
         self._docs: dict[str, JobDocument] = {}
-        self.last_applied = time.time()
+        self._behind_since: float | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projection-writer")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -190,8 +190,16 @@ class Projection:
         return total
 
     def lag_seconds(self) -> float:
-        """0 when caught up; else how long the oldest unapplied part has waited (roughly)."""
-        return 0.0 if self.pending_bytes() == 0 else round(time.time() - self.last_applied, 3)
+        """0 when caught up; else how long the log has been seen ahead of the projection (since the
+        last catch-up that left nothing behind, or since this was first asked while behind: an idle
+        hour before a new event must not read as an hour of lag)."""
+        now = time.time()
+        if self.pending_bytes() == 0:
+            self._behind_since = None
+            return 0.0
+        if self._behind_since is None:
+            self._behind_since = now
+        return round(now - self._behind_since, 3)
 
     def _files(self) -> list[Path]:
         return sorted(self.events_dir.glob("*.jsonl")) if self.events_dir.is_dir() else []
@@ -229,8 +237,6 @@ class Projection:
             self._docs.clear()
             self.position = self._read_at = self._load_position()
             raise
-        if applied:
-            self.last_applied = time.time()
         return applied
 
     def _read_batch(self, limit: int) -> tuple[list[bytes], str, int]:

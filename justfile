@@ -20,6 +20,18 @@ test *args: setup
 test-unit *args: setup
     {{venv}}/bin/pytest tests/unit {{args}}
 
+# Only the integration tier (a private RabbitMQ, real files, DuckDB, the tiny model)
+test-integration *args: setup
+    {{venv}}/bin/pytest tests/integration {{args}}
+
+# Only the e2e tier (the whole stack as `just run` starts it)
+test-e2e *args: setup
+    {{venv}}/bin/pytest tests/e2e {{args}}
+
+# Lint and import order (ruff, configured in pyproject.toml); `just lint --fix` mends what it can
+lint *args: setup
+    {{venv}}/bin/ruff check {{args}} .
+
 # Measure Darkroom against its baselines: `just bench`, `just bench overhead`, `just bench --quick`
 bench *args: setup
     {{venv}}/bin/darkroom bench {{args}}

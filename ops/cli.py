@@ -38,8 +38,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from ops.bench.harness import CASES, run_cases
-    import ops.bench.cases  # noqa: F401  (registers the cases)
+    from ops.bench.runner import CASES, DEFAULT_CASES, run_cases
 
     names = args.cases or [name for name in CASES if name in DEFAULT_CASES]
     asyncio.run(run_cases(
@@ -113,7 +112,6 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_CASES = ("overhead", "saturation", "batching", "memory", "ingress", "broker", "readside")
 
 
 def build_parser() -> argparse.ArgumentParser:

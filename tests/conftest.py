@@ -103,3 +103,15 @@ async def tap(bus):
     from tests.support import EventTap
 
     return await EventTap(bus).start()
+
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (the folder it lives in), so `-m integration` selects a tier."""
+    for item in items:
+        for tier in TIERS:
+            if f"tests/{tier}/" in item.nodeid or f"tests{os.sep}{tier}{os.sep}" in str(item.path):
+                item.add_marker(getattr(pytest.mark, tier))
+                break

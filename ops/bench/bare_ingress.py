@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aio_pika
 import uvicorn
-from pathlib import Path
-
 from litestar import Litestar, Request, Response, get, post
 
 

@@ -12,7 +12,8 @@ import httpx
 import msgspec
 
 from ops.bench.follow import Follower
-from ops.bench.harness import Context, Measurement, case, percentile
+from ops.bench.harness import Context, Measurement, percentile
+from ops.bench.jobs import SMALL_JOB, run_job, submit
 from ops.bench.load import load
 from ops.bench.stack import Stack, cpu_seconds, helper_process, rss
 from ops.broker import free_port
@@ -20,38 +21,9 @@ from schemas.events import JobAccepted
 from schemas.jobs import GenerationSettings, JobSpec
 from schemas.topology import Topology
 
-SMALL_JOB = {"width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}
 MB = 1024 * 1024
 
 
-async def submit(client: httpx.AsyncClient, seed: int, **settings) -> str:
-    answer = await client.post("/v1/jobs", json={"prompt": "a red fox", "settings": {**SMALL_JOB, "seed": seed, **settings}})
-    answer.raise_for_status()
-    return answer.json()["id"]
-
-
-async def run_job(client: httpx.AsyncClient, follower: Follower, seed: int, **settings) -> float:
-    """Seconds from submitting one job to its job.completed event."""
-    started = time.monotonic()
-    job_id = await submit(client, seed, **settings)
-    kind, ended = await follower.end_of(job_id)
-    if kind != "job.completed":
-        raise RuntimeError(f"bench job {job_id} ended {kind}")
-    return ended - started
-
-
-async def warm_up(ctx: Context, stack: Stack, jobs: int | None = None) -> None:
-    jobs = jobs or (1 if ctx.quick else 3)
-    follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
-    try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=stack.headers) as client:
-            for seed in range(jobs):
-                await run_job(client, follower, seed)
-    finally:
-        await follower.close()
-
-
-@case("overhead")
 async def overhead(ctx: Context) -> list[Measurement]:
     """N sequential 64 px 4-step jobs through the stack vs the same N images from a bare loop.
 
@@ -120,7 +92,6 @@ async def burst(ctx: Context, stack: Stack, jobs: int, first_seed: int) -> float
     return max(at for _, at in ends) - started
 
 
-@case("saturation")
 async def saturation(ctx: Context) -> list[Measurement]:
     """N jobs submitted at once, with and without batching: images per second vs the bare loop
     making the same N images one after another."""
@@ -141,7 +112,6 @@ async def saturation(ctx: Context) -> list[Measurement]:
     return measurements
 
 
-@case("batching")
 async def batching(ctx: Context) -> list[Measurement]:
     """16 compatible 64 px jobs at once through the stack with batching vs the bare sequential
     diffusers loop over the same 16 images (and, for reference, the bare loop batching by 4)."""
@@ -157,7 +127,6 @@ async def batching(ctx: Context) -> list[Measurement]:
     ]
 
 
-@case("memory")
 async def memory(ctx: Context) -> list[Measurement]:
     """RSS of each service at idle (after warm-up) and at peak (after the load cases ran)."""
     stack = await ctx.generation_stack()
@@ -183,7 +152,6 @@ async def memory(ctx: Context) -> list[Measurement]:
     return measurements
 
 
-@case("ingress")
 async def ingress(ctx: Context) -> list[Measurement]:
     """POST /v1/jobs accepted per second vs a bare Litestar endpoint that only publishes with a
     confirm; GET /v1/jobs/{id} per second vs the same bare endpoint serving the same bytes."""
@@ -243,7 +211,6 @@ async def _wait_port(port: int, timeout: float = 30) -> None:
                 await asyncio.sleep(0.1)
 
 
-@case("broker")
 async def broker(ctx: Context) -> list[Measurement]:
     """Events per second through enricher -> (no-op) generator -> saver -> recorder, vs raw
     RabbitMQ relaying the same number of jobs through the same number of confirmed hops."""
@@ -347,7 +314,3 @@ async def _relay_chain(ctx: Context, jobs: int, hops: int) -> float:
         await connection.close()
         for helper in helpers:
             helper.__exit__(None, None, None)
-
-
-# Last, so that the table keeps DEFAULT_CASES' order; importing the module registers the case.
-import ops.bench.readside  # noqa: E402, F401

@@ -6,19 +6,15 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
-from ops.broker import PrivateBroker
 from ops.bench.stack import Stack
 from schemas.settings import SERVICES
 
@@ -40,6 +36,9 @@ class Measurement(msgspec.Struct, kw_only=True):
     def __post_init__(self) -> None:
         if self.ratio is None and self.baseline not in (None, 0):
             self.ratio = round(self.darkroom / self.baseline, 4)
+
+
+Case = Callable[["Context"], Awaitable[list["Measurement"]]]
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -90,7 +89,7 @@ class Context:
         """The full stack the generation cases share (one per batch setting); the default one's
         idle RSS is read once, after warm-up."""
         if max_batch not in self._generation_stacks:
-            from ops.bench.cases import warm_up
+            from ops.bench.jobs import warm_up
             from ops.bench.stack import rss
 
             stack = await self.stack(f"generation-{max_batch}", env={"DARKROOM_MAX_BATCH": str(max_batch)})
@@ -154,23 +153,11 @@ class BareLoop:
         self.process.stdin.close()
         try:
             await asyncio.wait_for(self.process.wait(), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.process.kill()
 
 
-Case = Callable[[Context], Awaitable[list[Measurement]]]
-CASES: dict[str, Case] = {}
-
-
-def case(name: str) -> Callable[[Case], Case]:
-    def register(fn: Case) -> Case:
-        CASES[name] = fn
-        return fn
-
-    return register
-
-
-def _machine() -> dict:
+def machine_info() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
     try:
         import torch
@@ -182,7 +169,7 @@ def _machine() -> dict:
     return info
 
 
-def _commit() -> str | None:
+def commit_id() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -210,51 +197,3 @@ def table(measurements: list[Measurement]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
-
-
-async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None) -> Path:
-    import ops.bench.cases  # noqa: F401  (registers the cases)
-
-    unknown = [name for name in names if name not in CASES]
-    if unknown:
-        raise SystemExit(f"unknown bench case(s) {unknown}; valid: {', '.join(CASES)}")
-    started_at, started = datetime.now(UTC), time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
-    broker = None
-    if amqp_url is None:
-        broker = PrivateBroker(work / "rabbitmq", name="darkroom-bench")
-        await asyncio.to_thread(broker.start)
-        amqp_url = broker.url
-    from pipelines.tiny import build_tiny_model
-
-    tiny = await asyncio.to_thread(build_tiny_model, work / "tiny-sd")
-    ctx = Context(work, amqp_url, tiny, quick)
-    measurements: list[Measurement] = []
-    failures: dict[str, str] = {}
-    try:
-        for name in names:
-            print(f"bench: {name} ...", file=sys.stderr, flush=True)
-            case_started = time.monotonic()
-            try:
-                measurements += await CASES[name](ctx)
-            except Exception as exc:  # noqa: BLE001 - one broken case must not lose the others' figures
-                failures[name] = f"{type(exc).__name__}: {exc}"
-                print(f"bench: {name} FAILED: {failures[name]}", file=sys.stderr, flush=True)
-            print(f"bench: {name} took {time.monotonic() - case_started:.1f}s", file=sys.stderr, flush=True)
-    finally:
-        await ctx.close()
-        if broker is not None:
-            await asyncio.to_thread(broker.stop)
-        shutil.rmtree(work, ignore_errors=True)
-    report = Report(
-        started_at=started_at, seconds=round(time.monotonic() - started, 1), quick=quick,
-        machine=_machine(), commit=_commit(), measurements=measurements, failures=failures,
-    )
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{started_at:%Y%m%dT%H%M%SZ}{'-quick' if quick else ''}.json"
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))
-    print(table(measurements))
-    if failures:
-        print(f"\nfailed cases: {failures}")
-    print(f"\nresults: {path}")
-    return path

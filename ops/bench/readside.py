@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ops.bench.harness import Context, Measurement, case, percentile
+from ops.bench.harness import Context, Measurement, percentile
 
 SEED = 7
 # A fixed start makes a cached log the same as a fresh one; queries get the log's end as "now".
@@ -37,7 +37,6 @@ MB = 1024 * 1024
 BARE_INGEST = "CREATE TABLE raw AS SELECT * FROM read_json(?, format = 'newline_delimited')"
 
 
-@case("readside")
 async def readside(ctx: Context) -> list[Measurement]:
     """Catch-up of a fresh projection vs bare DuckDB ingesting the same log; then each read query
     vs the bare SQL it needs at least, interleaved repetition by repetition on the same file."""

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ops.bench.harness import CASES
+from ops.bench.runner import CASES
 from tests.e2e.conftest import darkroom_command
 
 

@@ -134,15 +134,33 @@ class PrivateBroker:
         (self.base / "enabled_plugins").write_text("[].\n")
 
     def _kill_stale(self) -> None:
-        """A previous run killed without cleanup may have left its node (and epmd) running here."""
+        """A previous run killed without cleanup may have left its node (and epmd) running here.
+
+        The pid file outlives its processes (a SIGKILLed supervisor, a power cut): after a reboot
+        its numbers may belong to anyone, so only a process whose environment names this broker's
+        folder is killed."""
         pids = self.base / "pids"
         if not pids.exists():
             return
         for pid in pids.read_text().split():
             with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
-                os.killpg(int(pid), signal.SIGKILL)
+                if self.owns(int(pid)):
+                    os.killpg(int(pid), signal.SIGKILL)
         pids.unlink(missing_ok=True)
         time.sleep(0.5)
+
+    def owns(self, pid: int) -> bool:
+        """Whether process `pid` was started by this broker (its environment names our folder)."""
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return False
+        return f"RABBITMQ_MNESIA_BASE={self.base / 'mnesia'}".encode() in environ.split(b"\0")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the node launched by this object is still running."""
+        return self.server is not None and self.server.poll() is None
 
     def start(self, timeout: float = 60.0) -> PrivateBroker:
         """Start the node and return once it accepts AMQP connections."""
@@ -163,10 +181,23 @@ class PrivateBroker:
             [_epmd_binary(), "-port", str(self.epmd_port), "-address", "127.0.0.1"],
             env=env, stdout=log, stderr=log, start_new_session=True,
         )
+        self._launch_node(env, log)
+
+    def _launch_node(self, env: dict[str, str], log) -> None:
         self.server = subprocess.Popen(
             [str(SERVER)], env=env, stdout=log, stderr=log, start_new_session=True, cwd=self.base
         )
-        (self.base / "pids").write_text(f"{self.server.pid} {self.epmd.pid}\n")
+        (self.base / "pids").write_text(f"{self.server.pid} {self.epmd.pid if self.epmd else ''}\n")
+
+    def relaunch(self) -> None:
+        """Start the node again after it died (same port, name and data: queued messages survive),
+        without waiting for it; epmd, if it still runs, is kept."""
+        if self.alive:
+            return
+        if self.epmd is None or self.epmd.poll() is not None:
+            self.launch()
+            return
+        self._launch_node(self._env(), open(self.base / "log" / "server.out", "ab"))
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the launched node accepts AMQP connections; stop it and raise if it cannot."""

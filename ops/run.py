@@ -8,19 +8,20 @@ hand back their current message), then the broker.
 from __future__ import annotations
 
 import ctypes
-import json
 import fcntl
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
-from ops.broker import BrokerError, PrivateBroker
+from ops.broker import BrokerError, PrivateBroker, port_open
 from schemas.settings import Settings
 
 STOP_GRACE = 25.0  # > a generator's shutdown grace (10 s) + one step and hand-back (8 s)
@@ -55,6 +56,7 @@ class Supervisor:
             for n in range(1, copies + 1):
                 self.children.append(Child(f"{name}-{n}" if copies > 1 else name, f"services.{name}"))
         self.stopping = False
+        self.stop_signal = 0  # the first stop signal received (logged by the main loop, not the handler)
 
     def start_child(self, child: Child) -> None:
         child.process = subprocess.Popen(
@@ -97,12 +99,48 @@ class Supervisor:
                 child.process.wait()
 
 
-def wait_healthy(url: str, timeout: float, supervisor: Supervisor, need_generator: bool) -> bool:
+class BrokerWatch:
+    """Brings the private broker back when it dies (services reconnect by themselves), with backoff:
+    1 s doubling to 30 s, reset once it has stayed up for a minute."""
+
+    def __init__(self, broker: PrivateBroker):
+        self.broker = broker
+        self.restarts = 0
+        self.next_start = 0.0
+        self.started_at = time.monotonic()
+        self.down_since: float | None = None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.broker.alive:
+            if self.down_since is not None and port_open(self.broker.port):
+                log.info("broker is back", seconds_down=round(now - self.down_since, 1), restarts=self.restarts)
+                self.down_since = None
+            if self.restarts and self.down_since is None and now - self.started_at > 60:
+                self.restarts = 0
+            return
+        if self.down_since is None:
+            code = self.broker.server.returncode if self.broker.server else None
+            self.down_since = now
+            self.next_start = now + min(30.0, 2.0 ** self.restarts) - 1.0
+            log.error("broker exited; restarting it", code=code, restart_in=round(self.next_start - now, 1))
+        if now >= self.next_start:
+            self.restarts += 1
+            self.started_at = now
+            try:
+                self.broker.relaunch()
+            except BrokerError as exc:
+                log.error("broker restart failed", error=str(exc))
+            self.next_start = now + min(30.0, 2.0 ** self.restarts)
+
+
+def wait_healthy(url: str, timeout: float, supervisor: Supervisor, need_generator: bool,
+                 tick: Callable[[], None]) -> bool:
     """Until the API answers healthy: `ok`, or `degraded` when generators run on other machines."""
     accepted = {"ok"} if need_generator else {"ok", "degraded"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not supervisor.stopping:
-        supervisor.watch()
+        tick()
         try:
             with urllib.request.urlopen(url, timeout=1) as answer:
                 if answer.status == 200 and json.loads(answer.read()).get("status") in accepted:
@@ -130,10 +168,18 @@ def run(settings: Settings) -> int:
     if broker is not None:
         env["DARKROOM_AMQP_URL"] = broker.url
     supervisor = Supervisor(settings, env)
+    broker_watch = BrokerWatch(broker) if broker is not None else None
+
+    def tick() -> None:
+        """One round of supervision: restart what died (services, and the private broker)."""
+        supervisor.watch()
+        if broker_watch is not None:
+            broker_watch.check()
 
     def request_stop(signum: int, _frame: object) -> None:
-        if not supervisor.stopping:
-            log.info("stopping", signal=signal.Signals(signum).name)
+        # Only set flags: a handler that logs can interrupt the logger holding its lock, and a
+        # second signal (the group's and `just`'s) would then wait for that lock forever.
+        supervisor.stop_signal = supervisor.stop_signal or signum
         supervisor.stopping = True
 
     signal.signal(signal.SIGINT, request_stop)
@@ -153,7 +199,7 @@ def run(settings: Settings) -> int:
         health = f"http://{host}:{settings.port}/health"
         if "ingress" not in settings.service_list:
             log.info("services started", services=list(settings.service_list))
-        elif wait_healthy(health, 180, supervisor, need_generator="generator" in settings.service_list):
+        elif wait_healthy(health, 180, supervisor, need_generator="generator" in settings.service_list, tick=tick):
             log.info(
                 "Darkroom is ready",
                 api=f"http://{host}:{settings.port}",
@@ -169,12 +215,14 @@ def run(settings: Settings) -> int:
         elif not supervisor.stopping:
             log.error("the API did not become healthy within 180 s; check the service logs above")
         while not supervisor.stopping:
-            supervisor.watch()
+            tick()
             time.sleep(0.2)
     except BrokerError as exc:
         log.error("cannot start RabbitMQ", error=str(exc))
         return 1
     finally:
+        if supervisor.stop_signal:
+            log.info("stopping", signal=signal.Signals(supervisor.stop_signal).name)
         supervisor.stop()
         if broker is not None:
             broker.stop()

@@ -52,6 +52,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch: int = 4
     max_prompt_length: int = 500
     max_body_bytes: int = 20 * 1024**2
+    # Slow or oversized clients (the ingress closes what passes these): bytes of one request's
+    # line and headers, seconds to send them, seconds to send the body, connections at once
+    # (beyond it: 503).
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 1000
     # API keys required (`off` only for a local sandbox: everyone is then an anonymous admin).
     auth: Literal["on", "off"] = "on"
     # Generation requests allowed per caller ("10/hour", "none"): without a key, per IP address

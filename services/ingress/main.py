@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
 from schemas.settings import Settings, SettingsError
 from services import logs
 from services.ingress.app import create_app
+from services.ingress.server import serve
 
 
 def run() -> None:
@@ -19,12 +18,4 @@ def run() -> None:
         raise SystemExit(2) from None
     log = logs.configure(settings, "ingress")
     log.info("listening", host=settings.host, port=settings.port)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
+    serve(create_app(settings), settings)

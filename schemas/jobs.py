@@ -23,6 +23,9 @@ class HiresSettings(msgspec.Struct, frozen=True, kw_only=True):
     height: int
 
 
+SEED_RANGE = 2**32  # seeds are 0 .. 2**32 - 1
+
+
 class GenerationSettings(msgspec.Struct, frozen=True, kw_only=True):
     """The effective settings of a job: every default filled in, the seed chosen."""
 
@@ -31,7 +34,8 @@ class GenerationSettings(msgspec.Struct, frozen=True, kw_only=True):
     guidance_scale: float
     width: int
     height: int
-    # The seed of the first image; image n (1-based) uses seed + n - 1, as A1111 does.
+    # The seed of the first image; image n (1-based) uses seed + n - 1, as A1111 does, wrapping
+    # past 2**32 - 1 so that every image's seed can be asked for again (`image_seed`).
     seed: int
     sampler: str | None = None
     # Images per pipeline call (A1111's batch_size); num_images / batch_size calls in all.
@@ -39,6 +43,10 @@ class GenerationSettings(msgspec.Struct, frozen=True, kw_only=True):
     # img2img and inpaint: how far from the init image to go (0 keeps it, 1 ignores it).
     strength: float | None = None
     hires: HiresSettings | None = None
+
+    def image_seed(self, number: int) -> int:
+        """The seed of image `number` (1-based), always inside the seeds a request may give."""
+        return (self.seed + number - 1) % SEED_RANGE
 
 
 class LoraRef(msgspec.Struct, frozen=True):

@@ -75,6 +75,10 @@ def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layou
     strength = None
     if mode != "txt2img":
         strength = defaults.strength if given.strength is None else given.strength
+        if int(steps * strength) < 1:  # diffusers would run no step at all and fail deep inside
+            raise _bad(f"settings.strength {strength:g} with {steps} steps runs no denoising step "
+                       f"(int(steps x strength) must be at least 1): raise settings.strength or "
+                       f"settings.num_inference_steps")
     elif given.strength is not None:
         inputs.notices.append("strength ignored: it applies to img2img and inpaint")
     negative = (request.negative_prompt or "").strip() or None
@@ -193,6 +197,9 @@ def _hires(request: JobRequest, entry: ModelEntry, mode: str, width: int, height
     if error:
         raise _bad(f"settings.hr_scale {scale:g} gives {hr_width}x{hr_height}: " + error.replace("settings.", "hires "))
     strength = entry.defaults.hr_denoising_strength if given.hr_denoising_strength is None else given.hr_denoising_strength
+    if int(hr_steps * strength) < 1:
+        raise _bad(f"settings.hr_denoising_strength {strength:g} with {hr_steps} hires steps runs no denoising step "
+                   f"(int(steps x strength) must be at least 1)")
     return HiresSettings(scale=scale, denoising_strength=strength, steps=hr_steps, width=hr_width, height=hr_height)
 
 

@@ -1,5 +1,5 @@
 """Everything diffusers: loading models, generating images, encoding them. Services call a few
-clear functions here (`load`, `txt2img`, `encode_png`) and never touch diffusers themselves."""
+clear functions here (`load`, `generate`, `encode_png`) and never touch diffusers themselves."""
 
 import os
 

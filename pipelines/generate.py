@@ -16,19 +16,12 @@ import torch
 from PIL import Image
 
 from pipelines import loras as lora_adapters
+from pipelines.errors import Interrupted, InvalidRequest
 from pipelines.loader import LoadedModel
 from pipelines.samplers import scheduler_for
 
 # Called after every denoising step with (step, total_steps, latents, phase); True stops the call.
 StepCallback = Callable[[int, int, torch.Tensor, str], bool]
-
-
-class Interrupted(Exception):
-    """The step callback stopped the call; whatever the pipeline returned is discarded."""
-
-
-class InvalidRequest(ValueError):
-    """A parameter the model cannot take; the message names it (checked before any GPU work)."""
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import torch
 
+from pipelines.errors import ModelLoadError
 from schemas.catalog import ModelEntry
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
-
-
-class ModelLoadError(RuntimeError):
-    """A catalog entry could not be loaded; the message names the model and the cause."""
 
 
 @dataclass
@@ -161,15 +158,9 @@ class ModelCache:
         self.default_device = default_device
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
 
-    def __contains__(self, model_id: str) -> bool:
-        return model_id in self._models
-
     @property
     def used(self) -> int:
         return sum(model.bytes for model in self._models.values())
-
-    def loaded_ids(self) -> list[str]:
-        return list(self._models)
 
     def get(self, entry: ModelEntry) -> LoadedModel | None:
         """The warm model for `entry`, marked most recently used, or None when it is not loaded."""

@@ -11,11 +11,8 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.errors import LoraError
 from schemas.layout import lora_file
-
-
-class LoraError(ValueError):
-    """A LoRA could not be found or loaded; the message names it."""
 
 
 def find_lora(folder: Path, name: str) -> Path:

@@ -7,33 +7,36 @@ import json
 
 from PIL import Image, PngImagePlugin
 
+from schemas.jobs import JobSpec
+
 PARAMETERS_KEY = "parameters"  # A1111's text chunk, read by most image tools
 DARKROOM_KEY = "darkroom"  # the full request as JSON
 
 
-def a1111_parameters(
-    *, prompt: str, negative_prompt: str | None, steps: int, sampler: str | None, cfg_scale: float,
-    seed: int, width: int, height: int, model: str, denoising_strength: float | None = None,
-    hires_scale: float | None = None, hires_steps: int | None = None,
-    loras: tuple[tuple[str, float], ...] = (),
-) -> str:
-    """The `parameters` text A1111 writes: prompt (LoRAs as <lora:name:weight>), the negative
-    prompt line, then `key: value` pairs."""
-    lines = [" ".join([prompt, *(f"<lora:{name}:{weight:g}>" for name, weight in loras)])]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
+def a1111_parameters(spec: JobSpec, *, seed: int, width: int, height: int) -> str:
+    """The `parameters` text A1111 writes for one image of the job: prompt (LoRAs as
+    <lora:name:weight>), the negative prompt line, then `key: value` pairs.
+
+    `seed`, `width` and `height` are the image's own (its seed in the job, its size after hires).
+    """
+    settings, hires = spec.settings, spec.settings.hires
+    lines = [" ".join([spec.prompt, *(f"<lora:{lora.name}:{lora.weight:g}>" for lora in spec.loras)])]
+    if spec.negative_prompt:
+        lines.append(f"Negative prompt: {spec.negative_prompt}")
     pairs = [
-        ("Steps", steps),
-        ("Sampler", sampler or "Default"),
-        ("CFG scale", f"{cfg_scale:g}"),
+        ("Steps", settings.num_inference_steps),
+        ("Sampler", settings.sampler or "Default"),
+        ("CFG scale", f"{settings.guidance_scale:g}"),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
-        ("Model", model),
+        ("Model", spec.model),
     ]
+    # img2img and inpaint denoise by `strength`; a txt2img job only in its hires pass.
+    denoising_strength = settings.strength if spec.mode != "txt2img" else (hires.denoising_strength if hires else None)
     if denoising_strength is not None:
         pairs.append(("Denoising strength", f"{denoising_strength:g}"))
-    if hires_scale is not None:
-        pairs += [("Hires upscale", f"{hires_scale:g}"), ("Hires steps", hires_steps), ("Hires upscaler", "Lanczos")]
+    if hires is not None:
+        pairs += [("Hires upscale", f"{hires.scale:g}"), ("Hires steps", hires.steps), ("Hires upscaler", "Lanczos")]
     lines.append(", ".join(f"{key}: {value}" for key, value in pairs))
     return "\n".join(lines)
 

@@ -10,15 +10,20 @@ from pathlib import Path
 
 import structlog
 
-from pipelines.loader import ModelCache, ModelLoadError, configure_threads, resolve_device
+from pipelines.errors import ModelLoadError
+from pipelines.loader import ModelCache, configure_threads, resolve_device
 from pipelines.tiny import ensure_tiny_model
 from schemas import topology
 from schemas.catalog import TINY_MODEL_ID
-from schemas.events import ModelLoaded
+from schemas.events import GenerateImages, ModelLoaded
 from schemas.settings import Settings
 from services import runtime
-from services.bus import command_decoder
-from services.generator.handlers import Options, Worker, fail_job, follow_job, generate_images
+from services.bus import command_decoder, delivery_count
+from services.generator import faults
+from services.generator.handlers import fail_job, follow_job, generate_images
+from services.generator.progress import ProgressSettings
+from services.generator.render import Renderer
+from services.generator.worker import Options, Worker
 
 STAGE = "generator"
 log = structlog.get_logger(STAGE)
@@ -40,14 +45,24 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         warm = None
         log.error("default model failed to load", error=str(exc))
     async with runtime.connected(settings, STAGE) as bus:
+        render = Renderer(
+            lora_folder=runtime.layout(settings).loras_dir, capacity=settings.max_batch,
+            progress=ProgressSettings(rate=settings.progress_rate, preview_every=settings.preview_every),
+            fault=faults.from_environment(os.environ),
+        )
         options = Options(
-            progress_rate=settings.progress_rate, preview_every=settings.preview_every,
-            max_batch=settings.max_batch, lora_folder=runtime.layout(settings).loras_dir,
-            max_attempts=settings.max_attempts, heartbeat_interval=settings.heartbeat_interval,
+            max_batch=settings.max_batch, max_attempts=settings.max_attempts,
+            heartbeat_interval=settings.heartbeat_interval,
         )
         worker = Worker(
-            bus=bus, catalog=catalog, cache=cache, worker_id=f"{socket.gethostname()}-{os.getpid()}", options=options,
+            bus=bus, catalog=catalog, cache=cache, render=render,
+            worker_id=f"{socket.gethostname()}-{os.getpid()}", options=options,
         )
+
+        async def generate(command: GenerateImages) -> None:
+            # The bus sets the delivery count of the message it is handing over.
+            await generate_images(command, deliveries=delivery_count.get(), worker=worker)
+
         batching = asyncio.create_task(worker.batcher.run())
         beating = asyncio.create_task(worker.heartbeats())
         if warm is not None:
@@ -63,7 +78,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         # holds when it dies go back with their delivery count up by one (4 deliveries allowed).
         await bus.consume(
             STAGE,
-            partial(generate_images, worker=worker),
+            generate,
             decoder=command_decoder,
             on_failure=partial(fail_job, worker=worker),
             prefetch=2 * settings.max_batch,

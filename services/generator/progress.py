@@ -1,4 +1,8 @@
-"""Step reports from the pipeline thread to the bus: throttled progress, previews, cancellation."""
+"""Step reports from the pipeline thread to the bus: throttled progress, previews, cancellation.
+
+No torch here: the latents are only sliced, and the preview is drawn by the function passed in
+(`pipelines.previews.preview_png`), so the worker imports this without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,35 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from pipelines.previews import preview_png
 from schemas.events import Event, JobCancelled, JobProgressed
+
+if TYPE_CHECKING:
+    import torch
+
+    # (latents of one image, model family) -> a small PNG, or None for an unknown latent space
+    Preview = Callable[[torch.Tensor, str], bytes | None]
+
+
+@dataclass(frozen=True)
+class ProgressSettings:
+    """How a worker reports its pipeline calls (from settings): at most `rate` progress events a
+    second per job, and a preview every `preview_every` steps (0: none)."""
+
+    rate: float = 4.0
+    preview_every: int = 5
+
+
+@dataclass(frozen=True)
+class StepWatch:
+    """The worker's side of one batch, called from the pipeline thread: where reports go (on the
+    worker's loop) and what stops the call."""
+
+    loop: asyncio.AbstractEventLoop
+    publish: Callable[[Event], None]
+    cancelled: Callable[[str], bool]
+    interrupted: Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -42,6 +70,7 @@ class ProgressReporter:
         rate: float,
         preview_every: int,
         family: str,
+        preview: Preview,
         cancelled: Callable[[str], bool],
         interrupted: Callable[[], bool] = lambda: False,
     ):
@@ -51,10 +80,20 @@ class ProgressReporter:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.preview_every = preview_every
         self.family = family
+        self.preview = preview
         self.cancelled = cancelled
         self.interrupted = interrupted
         self.dropped: set[str] = set()
         self._last = float("-inf")
+
+    @classmethod
+    def for_call(cls, slots: list[Slot], *, watch: StepWatch, settings: ProgressSettings, family: str,
+                 preview: Preview) -> ProgressReporter:
+        return cls(
+            loop=watch.loop, publish=watch.publish, slots=slots, rate=settings.rate,
+            preview_every=settings.preview_every, family=family, preview=preview,
+            cancelled=watch.cancelled, interrupted=watch.interrupted,
+        )
 
     def _send(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.publish, event)
@@ -75,7 +114,7 @@ class ProgressReporter:
             for slot in self.slots:
                 if slot.job_id in self.dropped:
                     continue
-                preview = preview_png(latents[slot.offset : slot.offset + 1], self.family) if with_preview else None
+                preview = self.preview(latents[slot.offset : slot.offset + 1], self.family) if with_preview else None
                 self._send(JobProgressed(
                     job_id=slot.job_id, phase=phase, step=step, total_steps=total, attempt=slot.attempt,
                     image_index=slot.first_image, total_images=slot.total_images, preview=preview,

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import msgspec
 import torch
 
+from pipelines.previews import preview_png
 from schemas.events import GenerateImages, JobCancelled, JobProgressed
 from schemas.jobs import GenerationSettings, JobSpec, LoraRef
 from services.generator.batcher import Batcher, Waiting, batch_key
-from services.generator.handlers import calls_for
 from services.generator.progress import ProgressReporter, Slot
+from services.generator.render import calls_for
 
 SETTINGS = GenerationSettings(num_images=1, num_inference_steps=4, guidance_scale=7.5, width=64, height=64, seed=1, batch_size=1)
 
@@ -78,6 +79,7 @@ def test_a_cancelled_job_in_a_shared_call_is_announced_and_dropped_the_rest_go_o
 
     reporter = ProgressReporter(
         loop=Loop(), publish=published.append, rate=0, preview_every=2, family="sd1.x",  # rate 0: every step
+        preview=preview_png,
         cancelled=lambda job: job in cancelled,
         slots=[Slot("a", 1, 0, 1, 1), Slot("b", 1, 1, 1, 2)],
     )

@@ -9,7 +9,8 @@ from pathlib import Path
 from schemas.events import GenerateImages, ImageGenerated, JobRequeued, JobStarted
 from schemas.jobs import GenerationSettings, ImageMetadata, JobSpec
 from schemas.layout import DataLayout
-from services.generator.handlers import Options, Worker, follow_job
+from services.generator.handlers import follow_job
+from services.generator.worker import Options, Worker
 from services.saver.handlers import JobLocks, SavedImages, save_image
 
 JOB = "0c907066-985e-467b-8d11-07419060ef91"
@@ -40,7 +41,7 @@ def generated(attempt: int) -> ImageGenerated:
 
 
 def worker() -> Worker:
-    return Worker(bus=Collect(), catalog=None, cache=None, worker_id="generator-1", options=Options())
+    return Worker(bus=Collect(), catalog=None, cache=None, render=None, worker_id="generator-1", options=Options())
 
 
 def test_an_attempt_started_here_is_not_run_again_when_a_redelivery_is_numbered_like_it():
@@ -48,15 +49,15 @@ def test_an_attempt_started_here_is_not_run_again_when_a_redelivery_is_numbered_
     # The reaper requeued attempt 2 and this worker started it ...
     asyncio.run(follow_job(JobStarted(job_id=JOB, worker=w.id, attempt=2, batch_jobs=1), worker=w))
     # ... then the lost worker's copy of attempt 1 comes back redelivered, counted as attempt 2.
-    assert w.is_stale(command(2))
-    assert not w.is_stale(command(3))
+    assert w.cancellations.is_stale(command(2))
+    assert not w.cancellations.is_stale(command(3))
 
 
 def test_an_operator_replay_may_run_an_attempt_number_again():
     w = worker()
     asyncio.run(follow_job(JobStarted(job_id=JOB, worker="generator-2", attempt=3, batch_jobs=1), worker=w))
     asyncio.run(follow_job(JobRequeued(job_id=JOB, attempt=2, reason="replayed by an operator", replay=True), worker=w))
-    assert not w.is_stale(command(3))
+    assert not w.cancellations.is_stale(command(3))
 
 
 def test_the_saver_saves_one_copy_of_an_attempt_and_reannounces_a_redelivery(tmp_path: Path):

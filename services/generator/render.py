@@ -100,7 +100,7 @@ def tasks_of(command: GenerateImages) -> list[ImageTask]:
     spec = command.spec
     init, mask = _decode(command.init_image, "RGB"), _decode(command.mask_image, "L")
     return [
-        ImageTask(prompt=spec.prompt, negative_prompt=spec.negative_prompt, seed=spec.settings.seed + n,
+        ImageTask(prompt=spec.prompt, negative_prompt=spec.negative_prompt, seed=spec.settings.image_seed(n + 1),
                   init_image=init, mask_image=mask)
         for n in range(spec.settings.num_images)
     ]
@@ -123,7 +123,7 @@ def encode_job(command: GenerateImages, images: list[Image.Image]) -> list[Rende
     spec, settings = command.spec, command.spec.settings
     rendered = []
     for number, image in enumerate(images, start=1):
-        seed = settings.seed + number - 1
+        seed = settings.image_seed(number)
         parameters = a1111_parameters(spec, seed=seed, width=image.width, height=image.height)
         # Only what produced the pixels goes into the PNG, so the same request gives the same bytes.
         request = {

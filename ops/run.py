@@ -238,8 +238,12 @@ def _first_admin_key(settings: Settings, data) -> tuple[str, object] | None:
         return None
     key, token = keys.create(data / "state", "first admin (made by darkroom run)", admin=True)
     path = data / "state" / "first-admin-key"
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    # Whole or absent (someone may be waiting for it to appear), and never readable by others.
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    os.replace(temp, path)
     log.info("created the first admin API key", key_id=key.id, file=str(path))
     return token, path
 

@@ -54,7 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         process = subprocess.Popen([*darkroom_command(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
     # As a newcomer would: the first start makes an admin key and says where it is.
     first_key = data_dir / "state" / "first-admin-key"
-    wait_for_sync(first_key.exists, timeout=60, what="the first admin key")
+    wait_for_sync(lambda: first_key.exists() and first_key.read_text().strip(), timeout=60, what="the first admin key")
     stack = Stack(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log=log,
                   token=first_key.read_text().strip())
 

@@ -18,6 +18,7 @@ from ops.bench.stack import Stack, cpu_seconds, helper_process, rss
 from ops.broker import free_port
 from schemas.events import JobAccepted
 from schemas.jobs import GenerationSettings, JobSpec
+from schemas import topology
 from schemas.topology import Topology
 
 SMALL_JOB = {"width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}
@@ -35,14 +36,14 @@ async def run_job(client: httpx.AsyncClient, follower: Follower, seed: int, **se
     started = time.monotonic()
     job_id = await submit(client, seed, **settings)
     kind, ended = await follower.end_of(job_id)
-    if kind != "job.completed":
+    if kind != topology.JOB_COMPLETED:
         raise RuntimeError(f"bench job {job_id} ended {kind}")
     return ended - started
 
 
 async def warm_up(ctx: Context, stack: Stack, jobs: int | None = None) -> None:
     jobs = jobs or (1 if ctx.quick else 3)
-    follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
+    follower = await Follower(ctx.amqp_url, stack.namespace).start((topology.EVERY_JOB_EVENT,))
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=stack.headers) as client:
             for seed in range(jobs):
@@ -61,7 +62,7 @@ async def overhead(ctx: Context) -> list[Measurement]:
     jobs = 6 if ctx.quick else 50
     stack = await ctx.generation_stack()
     bare = await ctx.bare()
-    follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
+    follower = await Follower(ctx.amqp_url, stack.namespace).start((topology.EVERY_JOB_EVENT,))
     ours, theirs, large, bare_large = [], [], [], []
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=stack.headers) as client:
@@ -105,7 +106,7 @@ async def overhead(ctx: Context) -> list[Measurement]:
 
 async def burst(ctx: Context, stack: Stack, jobs: int, first_seed: int) -> float:
     """Submit `jobs` at once; seconds from the first submit to the last job.completed."""
-    follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
+    follower = await Follower(ctx.amqp_url, stack.namespace).start((topology.EVERY_JOB_EVENT,))
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=120, limits=httpx.Limits(max_connections=32),
                                      headers=stack.headers) as client:
@@ -114,7 +115,7 @@ async def burst(ctx: Context, stack: Stack, jobs: int, first_seed: int) -> float
             ends = await asyncio.gather(*(follower.end_of(job_id, timeout=600) for job_id in ids))
     finally:
         await follower.close()
-    failed = [kind for kind, _ in ends if kind != "job.completed"]
+    failed = [kind for kind, _ in ends if kind != topology.JOB_COMPLETED]
     if failed:
         raise RuntimeError(f"{len(failed)} of {jobs} jobs did not complete: {failed[:3]}")
     return max(at for _, at in ends) - started
@@ -290,7 +291,7 @@ async def _publish_accepted(url: str, namespace: str, jobs: int, follower: Follo
     for chunk in range(0, jobs, 100):
         await asyncio.gather(*(
             exchange.publish(aio_pika.Message(encoder.encode(JobAccepted(job_id=job_id, spec=_spec(n))),
-                                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="job.accepted")
+                                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=topology.JOB_ACCEPTED)
             for n, job_id in enumerate(ids[chunk:chunk + 100])
         ))
     ends = await asyncio.gather(*(follower.end_of(job_id, timeout=600) for job_id in ids))

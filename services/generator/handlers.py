@@ -34,6 +34,7 @@ from schemas.events import (
     ModelLoaded,
     ModelLoading,
     WorkerHeartbeat,
+    command_for_attempt,
 )
 from schemas.jobs import ImageMetadata, JobSpec
 from schemas.layout import image_id
@@ -228,7 +229,7 @@ class Worker:
                 waiting.done.set_exception(exc)
                 outcomes.append([])
                 continue
-            retry = msgspec.structs.replace(command, attempt=command.attempt + 1)
+            retry = command_for_attempt(command, command.attempt + 1)
             outcomes.append([JobRequeued(job_id=command.job_id, attempt=retry.attempt, reason=reason), retry])
         return outcomes
 
@@ -391,7 +392,7 @@ async def generate_images(command: GenerateImages, *, worker: Worker) -> None:
     """
     redelivered = delivery_count.get()
     if redelivered:
-        command = msgspec.structs.replace(command, attempt=command.attempt + redelivered)
+        command = command_for_attempt(command, command.attempt + redelivered)
     if worker.stopping:
         raise Retry("worker shutting down")
     await worker.batcher.submit(command)

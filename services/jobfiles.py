@@ -135,7 +135,7 @@ class JobFiles:
 
     def read_input(self, relative: str | None, field: str) -> bytes | None:
         """The bytes of an input image the spec refers to (`field` names it in the error)."""
-        if relative is None:
+        if not relative:
             return None
         try:
             return (self.layout.base / relative).read_bytes()

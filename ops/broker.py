@@ -248,13 +248,6 @@ class PrivateBroker:
         self.stop()
         self.start(timeout)
 
-    def ctl(self, *args: str) -> str:
-        """Run rabbitmqctl against this node and return its output."""
-        result = subprocess.run([str(CTL), "-n", self.node, *args], env=self._env(), capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            raise BrokerError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()[-500:]}")
-        return result.stdout
-
     def __enter__(self) -> PrivateBroker:
         return self.start()
 

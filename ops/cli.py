@@ -17,10 +17,11 @@ def _settings() -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ops.run import configure_logging, run
+    from ops.run import run
+    from services import logs
 
     settings = _settings()
-    configure_logging(settings)
+    logs.configure(settings, "supervisor")
     return run(settings)
 
 

@@ -1,8 +1,8 @@
 """`darkroom ops dead-letters list|replay`: what could not be processed, why, and sending it back.
 
-Parked messages keep their body and say where they came from (`x-darkroom-queue`, or RabbitMQ's
-`x-death`) and why (`x-darkroom-reason`, or the broker's reason, e.g. `delivery_limit`).
-Replaying a generation command revives its failed job as a new attempt (`job.requeued`, replay).
+Parked messages keep their body and say where they came from and why (our headers, or
+RabbitMQ's `x-death`: `schemas.topology.parked_origin`). Replaying a generation command revives
+its failed job as a new attempt (`job.requeued`, replay). Everything is sent through the `Bus`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from pathlib import Path
 import aio_pika
 import msgspec
 
-from schemas.events import AnyCommand, AnyEvent, GenerateImages, JobRequeued
-from schemas.topology import Topology
+from schemas.events import AnyCommand, AnyEvent, GenerateImages, JobRequeued, command_for_attempt
+from schemas.topology import Topology, parked_origin, unparked_headers
+from services.bus import Bus, encoder
 
-REASON_HEADER = "x-darkroom-reason"
-QUEUE_HEADER = "x-darkroom-queue"
 _decoder = msgspec.json.Decoder(AnyEvent | AnyCommand)
-_encoder = msgspec.json.Encoder()
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass
@@ -47,8 +46,7 @@ def amqp_url(data_dir: Path, configured: str | None) -> str:
 
 def describe(message: aio_pika.abc.AbstractIncomingMessage) -> Parked:
     headers = dict(message.headers or {})
-    deaths = headers.get("x-death") or [{}]
-    death = deaths[0] if isinstance(deaths, list | tuple) else {}
+    origin = parked_origin(headers)
     try:
         item = _decoder.decode(message.body)
         kind, job_id = type(item).__struct_config__.tag, item.job_id
@@ -56,10 +54,11 @@ def describe(message: aio_pika.abc.AbstractIncomingMessage) -> Parked:
         kind, job_id = message.type or "undecodable", None
     return Parked(
         message_id=message.message_id,
-        queue=str(headers.get(QUEUE_HEADER) or death.get("queue", "?")),
+        queue=origin.queue or "?",
         kind=str(kind),
         job_id=job_id,
-        reason=str(headers.get(REASON_HEADER) or f"broker: {death.get('reason', '?')} after {death.get('count', '?')} deliveries"),
+        reason=origin.reason or (f"broker: {origin.broker_reason or '?'} after "
+                                 f"{'?' if origin.deliveries is None else origin.deliveries} deliveries"),
         body=message.body,
         headers=headers,
     )
@@ -74,22 +73,21 @@ async def _collect(channel, queue_name: str) -> list[tuple[aio_pika.abc.Abstract
 
 
 async def list_parked(url: str, topology: Topology) -> list[Parked]:
-    connection = await aio_pika.connect_robust(url)
+    bus = await Bus.connect(url, topology, name="darkroom-ops", timeout=CONNECT_TIMEOUT)
     try:
-        channel = await connection.channel()
+        channel = await bus.connection.channel()
         return [parked for _, parked in await _collect(channel, topology.dead_letters)]
         # closing the channel hands every message back, unacked and untouched
     finally:
-        await connection.close()
+        await bus.close()
 
 
 async def replay(url: str, topology: Topology, message_ids: set[str] | None) -> list[Parked]:
     """Send parked messages (all, or those with the given ids) back to the queue they came from."""
-    connection = await aio_pika.connect_robust(url)
+    bus = await Bus.connect(url, topology, name="darkroom-ops", timeout=CONNECT_TIMEOUT)
     replayed = []
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        events = await channel.get_exchange(topology.events, ensure=False)
+        channel = await bus.connection.channel()
         for message, parked in await _collect(channel, topology.dead_letters):
             if message_ids is not None and parked.message_id not in message_ids:
                 continue
@@ -100,22 +98,16 @@ async def replay(url: str, topology: Topology, message_ids: set[str] | None) -> 
             except msgspec.MsgspecError:
                 pass
             if isinstance(item, GenerateImages):
-                item = msgspec.structs.replace(item, attempt=item.attempt + 1)
-                body = _encoder.encode(item)
-                requeued = JobRequeued(job_id=item.job_id, attempt=item.attempt, reason="replayed by an operator", replay=True)
-                await events.publish(aio_pika.Message(_encoder.encode(requeued), content_type="application/json",
-                                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                     routing_key="job.requeued")
-            headers = {k: v for k, v in parked.headers.items() if not k.startswith(("x-death", "x-darkroom", "x-first-death", "x-last-death"))}
-            await channel.default_exchange.publish(
-                aio_pika.Message(body, content_type="application/json", message_id=parked.message_id,
-                                 type=message.type, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=parked.queue,
-            )
+                item = command_for_attempt(item, item.attempt + 1)
+                body = encoder.encode(item)
+                await bus.publish(JobRequeued(job_id=item.job_id, attempt=item.attempt, reason="replayed by an operator",
+                                              replay=True))
+            await bus.send_back(body, parked.queue, message_id=parked.message_id, kind=message.type,
+                                headers=unparked_headers(parked.headers))
             await message.ack()
             replayed.append(parked)
     finally:
-        await connection.close()
+        await bus.close()
     return replayed
 
 

@@ -9,17 +9,13 @@ from pathlib import Path
 import msgspec
 
 from schemas.keys import ApiKey, keys_dir, new_token
+from services.files import write_atomic
 
 _encoder = msgspec.json.Encoder()
 
 
 def _write(folder: Path, key: ApiKey) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key.id}.json"
-    temp = folder / f".{key.id}.json.{os.getpid()}.tmp"
-    temp.write_bytes(_encoder.encode(key))
-    temp.chmod(0o600)
-    os.replace(temp, path)
+    write_atomic(folder / f"{key.id}.json", _encoder.encode(key), mode=0o600)
     os.utime(folder)  # the ingress reloads keys when this folder changes
 
 

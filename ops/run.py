@@ -247,16 +247,3 @@ def _first_admin_key(settings: Settings, data) -> tuple[str, object] | None:
     log.info("created the first admin API key", key_id=key.id, file=str(path))
     return token, path
 
-
-def configure_logging(settings: Settings) -> None:
-    as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
-    structlog.contextvars.bind_contextvars(service="supervisor")

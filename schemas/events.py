@@ -1,7 +1,8 @@
 """Events (facts, past tense) and commands (imperative, one consumer) that travel over RabbitMQ.
 
 The wire format is JSON. Every event carries the same envelope (`type`, `event_id`, `job_id`,
-`occurred_at`); its `type` is also its routing key on the events exchange. Events evolve only by
+`occurred_at`); its `type` is also its routing key on the events exchange. `job_id` is null only on
+messages that concern no job (a model loaded at a worker's start, a sweep). Events evolve only by
 adding fields with defaults, so old subscribers keep decoding new messages.
 """
 
@@ -14,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from schemas import topology as t
-from schemas.jobs import ImageMetadata, ImageRecord, JobSpec
+from schemas.jobs import ImageMetadata, ImageRecord, JobDocument, JobSpec
 
 ProgressPhase = Literal["preparing", "loading_model", "generating", "hires", "saving"]
 
@@ -74,13 +75,16 @@ class JobProgressed(Event, tag=t.JOB_PROGRESSED, kw_only=True):
 class ModelLoading(Event, tag=t.MODEL_LOADING, kw_only=True):
     """A worker began loading a model for the job (the job waits for it)."""
 
+    # Model events are the worker's: the job that needed the model, if any.
+    job_id: str | None = None
     model: str
     worker: str
 
 
 class ModelLoaded(Event, tag=t.MODEL_LOADED, kw_only=True):
-    """A worker finished loading a model and keeps it warm."""
+    """A worker finished loading a model and keeps it warm (job_id: null when warmed at start)."""
 
+    job_id: str | None = None
     model: str
     worker: str
     seconds: float
@@ -90,6 +94,7 @@ class ModelLoaded(Event, tag=t.MODEL_LOADED, kw_only=True):
 class ModelEvicted(Event, tag=t.MODEL_EVICTED, kw_only=True):
     """A worker dropped a warm model to stay inside its memory budget (job_id: the job that needed room)."""
 
+    job_id: str | None = None
     model: str
     worker: str
     bytes: int
@@ -208,7 +213,7 @@ TRANSIENT_EVENTS: tuple[type[Event], ...] = (JobProgressed, WorkerHeartbeat)
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Envelope shared by every command."""
+    """Envelope shared by every command (`job_id`: the job it is for, null for a sweep)."""
 
     command_id: str = msgspec.field(default_factory=new_id)
     job_id: str
@@ -233,7 +238,30 @@ class SweepStalled(Command, tag=t.SWEEP_STALLED, kw_only=True):
 
     `silent_seconds` overrides the stall timeout for this sweep (never below 1 s)."""
 
+    job_id: str | None = None  # a sweep is for no job in particular
     silent_seconds: float | None = None
+
+
+AnyCommand = GenerateImages | SweepStalled
+
+
+def command_for_attempt(
+    job: GenerateImages | JobDocument, attempt: int, *, init_image: bytes | None = None, mask_image: bytes | None = None
+) -> GenerateImages:
+    """The GenerateImages that sends a job to the generators (again) as `attempt`.
+
+    The one builder for a retry after an error, a redelivery, a stalled job's requeue and an
+    operator's replay: from the job's last command (same id, same inputs), or, when only its
+    document is left (the reaper), from the document and its input files' bytes.
+    """
+    if isinstance(job, GenerateImages):
+        return msgspec.structs.replace(job, attempt=attempt)
+    return GenerateImages(job_id=job.id, spec=job.spec(), attempt=attempt, created_at=job.created_at,
+                          init_image=init_image, mask_image=mask_image)
+
+
+# Replies answer a request (RabbitMQ direct reply-to); they are neither events nor commands, are
+# never routed by an exchange, and are not part of the published event schema.
 
 
 class SweepResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -242,9 +270,6 @@ class SweepResult(msgspec.Struct, frozen=True, kw_only=True):
     reset_count: int
     failed_count: int
     job_ids: list[str]
-
-
-AnyCommand = GenerateImages | SweepStalled
 
 
 def event_schema() -> dict:

@@ -1,10 +1,16 @@
-"""RabbitMQ names: the published contract for anyone who subscribes to Darkroom's events.
+"""The wire contract: every RabbitMQ name Darkroom uses, in one place.
 
-Every name is `<namespace>.<suffix>`; the namespace is `darkroom` unless DARKROOM_NAMESPACE says
-otherwise (tests give each test its own). Routing keys on the events exchange are the event tags.
+Exchanges, queues and their arguments, bindings, routing keys and header names: the published
+contract for anyone who subscribes to Darkroom's events, and the only place these strings are
+spelled. Every name is `<namespace>.<suffix>`; the namespace is `darkroom` unless
+DARKROOM_NAMESPACE says otherwise (tests give each test its own). Routing keys on the events
+exchange are the event tags.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
@@ -32,12 +38,51 @@ WORKER_HEARTBEAT = "worker.heartbeat"
 GENERATE_IMAGES = "generate_images"
 SWEEP_STALLED = "sweep_stalled"
 
+# Topic wildcards: `*` is one dot-separated word, `#` any number of them (none included).
+EVERY_EVENT = "#"
+EVERY_JOB_EVENT = "job.#"
+EVERY_MODEL_EVENT = "model.#"
+
 # Which routing keys each stage's queue receives. The recorder takes every event.
 ENRICHER_KEYS = (JOB_ACCEPTED,)
 SAVER_KEYS = (IMAGE_GENERATED,)
-RECORDER_KEYS = ("#",)
+RECORDER_KEYS = (EVERY_EVENT,)
 # The reaper follows each job's liveness: everything a worker says about a job, and its end.
-REAPER_KEYS = ("job.#", "model.#", IMAGE_GENERATED, WORKER_HEARTBEAT)
+REAPER_KEYS = (EVERY_JOB_EVENT, EVERY_MODEL_EVENT, IMAGE_GENERATED, WORKER_HEARTBEAT)
+
+# Exchange kinds, by the Topology attribute that names the exchange.
+EVENTS, COMMANDS = "events", "commands"
+
+# stage: (exchange its queue is bound to, routing keys). Each stage consumes `<namespace>.<stage>`.
+STAGE_BINDINGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "enricher": (EVENTS, ENRICHER_KEYS),
+    "generator": (COMMANDS, (GENERATE_IMAGES,)),
+    "saver": (EVENTS, SAVER_KEYS),
+    "recorder": (EVENTS, RECORDER_KEYS),
+    "reaper": (EVENTS, REAPER_KEYS),
+    "reaper.commands": (COMMANDS, (SWEEP_STALLED,)),
+}
+
+# Message headers. Ours, on a message a stage parked itself: why, and from which queue.
+REASON_HEADER = "x-darkroom-reason"
+QUEUE_HEADER = "x-darkroom-queue"
+# RabbitMQ's: how often a quorum queue delivered the message before; where and why it died.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+DEATH_HEADER = "x-death"
+# Headers that describe a message's parking, dropped when it is sent back (replayed).
+PARKING_HEADER_PREFIXES = ("x-death", "x-first-death", "x-last-death", "x-darkroom")
+
+# Where request-reply answers go (RabbitMQ's direct reply-to pseudo-queue).
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+# Deliveries a stage queue allows before the broker parks a message that keeps crashing its consumer.
+DELIVERY_LIMIT = 5
+# A generator command that kills its worker is tried four times in all (one delivery and three
+# redeliveries), then parked; the reaper fails its job with the reason.
+GENERATOR_DELIVERY_LIMIT = 3
+DELIVERY_LIMITS = {"generator": GENERATOR_DELIVERY_LIMIT}
+# The dead-letter queues: quorum (replicated, durable), no delivery limit of their own.
+PARKED_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 class Topology(msgspec.Struct, frozen=True):
@@ -57,7 +102,7 @@ class Topology(msgspec.Struct, frozen=True):
 
     @property
     def dead_letter(self) -> str:
-        """Exchange that receives whatever a stage could not process."""
+        """Exchange (fanout) that receives whatever a stage could not process."""
         return f"{self.namespace}.dead-letter"
 
     @property
@@ -73,3 +118,84 @@ class Topology(msgspec.Struct, frozen=True):
     def queue(self, stage: str) -> str:
         """The durable queue a stage consumes (`enricher`, `generator`, `saver`, `recorder`...)."""
         return f"{self.namespace}.{stage}"
+
+    def stage(self, queue: str) -> str:
+        """The stage a queue of this namespace belongs to (the inverse of `queue`)."""
+        return queue.removeprefix(f"{self.namespace}.")
+
+    def queue_arguments(self, stage: str) -> dict[str, Any]:
+        """The arguments a queue is declared with (every declaration must match).
+
+        Stage queues are quorum queues that count deliveries and dead-letter poison messages,
+        at least once, instead of losing them; anything else (the dead-letter queues) is a
+        plain quorum queue.
+        """
+        if stage not in STAGE_BINDINGS:
+            return dict(PARKED_ARGUMENTS)
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMITS.get(stage, DELIVERY_LIMIT),
+            "x-dead-letter-exchange": self.dead_letter,
+            "x-dead-letter-routing-key": self.queue(stage),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+
+def key_matches(pattern: str, key: str) -> bool:
+    """Whether a topic binding `pattern` routes `key` (AMQP rules: `*` one word, `#` zero or more)."""
+
+    def match(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
+        return bool(k) and (p[0] == "*" or p[0] == k[0]) and match(p[1:], k[1:])
+
+    return match(pattern.split("."), key.split("."))
+
+
+def consumers_of(key: str, exchange: str = EVENTS) -> list[str]:
+    """The stages whose queue receives a message published with routing `key` on `exchange`."""
+    found = []
+    for stage, (bound_to, patterns) in STAGE_BINDINGS.items():
+        if bound_to != exchange:
+            continue
+        if any(key_matches(p, key) if exchange == EVENTS else p == key for p in patterns):
+            found.append(stage)
+    return found
+
+
+class ParkedOrigin(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a parked (dead-lettered) message came from and why, as its headers say."""
+
+    queue: str | None = None
+    # Set when a stage parked the message itself (it could not decode or handle it).
+    reason: str | None = None
+    # Set when the broker parked it (e.g. `delivery_limit`: it kept killing its consumer).
+    broker_reason: str | None = None
+    deliveries: int | None = None
+
+    @property
+    def parked_by_stage(self) -> bool:
+        return self.reason is not None
+
+
+def parked_origin(headers: Mapping[str, Any] | None) -> ParkedOrigin:
+    """Read a parked message's headers: ours (`x-darkroom-*`) first, else RabbitMQ's newest `x-death`."""
+    headers = headers or {}
+    deaths = headers.get(DEATH_HEADER) or [{}]
+    death = deaths[0] if isinstance(deaths, list | tuple) and deaths and isinstance(deaths[0], Mapping) else {}
+    queue = headers.get(QUEUE_HEADER) or death.get("queue")
+    reason = headers.get(REASON_HEADER)
+    return ParkedOrigin(
+        queue=str(queue) if queue else None,
+        reason=None if reason is None else str(reason),
+        broker_reason=str(death["reason"]) if death.get("reason") else None,
+        deliveries=int(death["count"]) if isinstance(death.get("count"), int) else None,
+    )
+
+
+def unparked_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A parked message's headers without those that describe its parking (to send it back)."""
+    return {k: v for k, v in headers.items() if not k.startswith(PARKING_HEADER_PREFIXES)}

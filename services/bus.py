@@ -8,6 +8,8 @@ Rules this module enforces so that services need not think about them:
   the service carries on; a handler that wants another try later raises `Retry`;
 - a message that keeps crashing its consumer is dead-lettered by the broker after
   `DELIVERY_LIMIT` deliveries (quorum queues count them), so nothing crash-loops.
+
+Every name, argument and header it uses comes from `schemas/topology.py`.
 """
 
 from __future__ import annotations
@@ -33,20 +35,14 @@ from aio_pika.abc import (
 
 from schemas import topology
 from schemas.events import TRANSIENT_EVENTS, AnyCommand, AnyEvent, Command, Event, new_id
-from schemas.topology import Topology
+from schemas.topology import DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER, REPLY_TO, Topology
 
 log = structlog.get_logger("bus")
 
-DELIVERY_LIMIT = 5
-# A generator command that kills its worker is tried four times in all (one delivery and three
-# redeliveries), then parked; the reaper fails its job with the reason.
-GENERATOR_DELIVERY_LIMIT = 3
 PUBLISH_TIMEOUT = 15.0
 # AMQP heartbeat, seconds: a process that stops answering (frozen, stopped, partitioned) loses its
 # connection after about two of these, and the broker gives the messages it held to others.
 HEARTBEAT = 10
-REASON_HEADER = "x-darkroom-reason"
-QUEUE_HEADER = "x-darkroom-queue"
 
 # One encoder and one decoder of each kind per process.
 encoder = msgspec.json.Encoder()
@@ -123,6 +119,7 @@ class Bus:
         await declare_topology(self._confirming, self.topology)
         for name in (self.topology.events, self.topology.commands, self.topology.dead_letter):
             self._exchanges[name] = await self._confirming.get_exchange(name, ensure=False)
+        self._exchanges[""] = self._confirming.default_exchange  # routes straight to a named queue
 
     @property
     def connected(self) -> bool:
@@ -130,8 +127,8 @@ class Bus:
 
     async def publish(self, event: Event) -> None:
         """Publish an event; durable ones return only once the broker confirmed them."""
-        transient = isinstance(event, TRANSIENT_EVENTS)
-        await self._publish(self.topology.events, routing_key(event), encoder.encode(event), event.event_id, transient)
+        transient, key = isinstance(event, TRANSIENT_EVENTS), routing_key(event)
+        await self._publish(self.topology.events, key, encoder.encode(event), event.event_id, transient, kind=key)
 
     def publish_soon(self, event: Event) -> None:
         """Publish a transient event without waiting (progress, heartbeats); failures are only logged."""
@@ -146,9 +143,16 @@ class Bus:
 
     async def send(self, command: Command) -> None:
         """Send a command to its one consuming queue, confirmed."""
-        await self._publish(self.topology.commands, routing_key(command), encoder.encode(command), command.command_id, False)
+        key = routing_key(command)
+        await self._publish(self.topology.commands, key, encoder.encode(command), command.command_id, False, kind=key)
 
-    async def _publish(self, exchange: str, key: str, body: bytes, message_id: str, transient: bool) -> None:
+    async def send_back(self, body: bytes, queue: str, *, message_id: str | None, kind: str | None,
+                        headers: dict[str, Any]) -> None:
+        """Put a parked message back on the queue it came from, confirmed, keeping its id and type."""
+        await self._publish("", queue, body, message_id, False, kind=kind, headers=headers)
+
+    async def _publish(self, exchange: str, key: str, body: bytes, message_id: str | None, transient: bool, *,
+                       kind: str | None, headers: dict[str, Any] | None = None) -> None:
         channel = self._transient if transient else self._confirming
         if channel is None:
             raise BrokerUnavailable("bus is not open")
@@ -156,7 +160,8 @@ class Bus:
             body,
             content_type="application/json",
             message_id=message_id,
-            type=key,
+            type=kind,
+            headers=headers,
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT if transient else aio_pika.DeliveryMode.PERSISTENT,
         )
         try:
@@ -194,7 +199,8 @@ class Bus:
         await channel.set_qos(prefetch_count=prefetch)
         # Declared (idempotently, same arguments) on this very channel: a robust channel restores
         # after a reconnect only the queues it declared, and with them their consumers.
-        queue = await channel.declare_queue(self.topology.queue(stage), durable=True, arguments=stage_arguments(self.topology, stage))
+        queue = await channel.declare_queue(self.topology.queue(stage), durable=True,
+                                            arguments=self.topology.queue_arguments(stage))
         tag = await queue.consume(callback, no_ack=False)
         self._consumers.append((queue, tag))
         return queue
@@ -223,7 +229,7 @@ class Bus:
                 log.warning("undecodable message dead-lettered", queue=queue_name, error=str(exc))
                 await settle(self.dead_letter(message, f"undecodable: {exc}", queue_name))
                 return
-            delivery_count.set(int((message.headers or {}).get("x-delivery-count", 0) or 0))
+            delivery_count.set(int((message.headers or {}).get(DELIVERY_COUNT_HEADER, 0) or 0))
             try:
                 answer = await handle(item)
             except Retry as exc:
@@ -268,13 +274,13 @@ class Bus:
         channel = await self.connection.channel(publisher_confirms=False)
         try:
             answers: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-            reply_queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+            reply_queue = await channel.get_queue(REPLY_TO, ensure=False)
             await reply_queue.consume(answers.put, no_ack=True)
             commands = await channel.get_exchange(self.topology.commands, ensure=False)
             await commands.publish(
                 aio_pika.Message(
                     encoder.encode(command), content_type="application/json", message_id=command.command_id,
-                    correlation_id=command.command_id, reply_to="amq.rabbitmq.reply-to",
+                    correlation_id=command.command_id, reply_to=REPLY_TO,
                     type=routing_key(command), expiration=timeout,
                 ),
                 routing_key=routing_key(command),
@@ -341,50 +347,17 @@ async def settle(action: Awaitable[Any]) -> None:
         await action
 
 
-def queue_arguments(topology: Topology, name: str, delivery_limit: int = DELIVERY_LIMIT) -> dict[str, Any]:
-    """Quorum queue that counts deliveries and dead-letters poison messages without losing them."""
-    return {
-        "x-queue-type": "quorum",
-        "x-delivery-limit": delivery_limit,
-        "x-dead-letter-exchange": topology.dead_letter,
-        "x-dead-letter-routing-key": name,
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
-    }
-
-
-STAGE_BINDINGS: dict[str, tuple[str, Iterable[str]]] = {
-    # stage: (exchange attribute of Topology, routing keys)
-    "enricher": ("events", topology.ENRICHER_KEYS),
-    "generator": ("commands", (topology.GENERATE_IMAGES,)),
-    "saver": ("events", topology.SAVER_KEYS),
-    "recorder": ("events", topology.RECORDER_KEYS),
-    "reaper": ("events", topology.REAPER_KEYS),
-    "reaper.commands": ("commands", (topology.SWEEP_STALLED,)),
-}
-DELIVERY_LIMITS = {"generator": GENERATOR_DELIVERY_LIMIT}
-PARKED_ARGUMENTS = {"x-queue-type": "quorum"}
-
-
-def stage_arguments(topo: Topology, stage: str) -> dict[str, Any]:
-    """The arguments a stage's queue is declared with (every declaration must match)."""
-    if stage in STAGE_BINDINGS:
-        name = topo.queue(stage)
-        return queue_arguments(topo, name, DELIVERY_LIMITS.get(stage, DELIVERY_LIMIT))
-    return PARKED_ARGUMENTS
-
-
 async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     """Declare every exchange, queue and binding; safe to run again and from every service."""
     events = await channel.declare_exchange(topo.events, aio_pika.ExchangeType.TOPIC, durable=True)
     commands = await channel.declare_exchange(topo.commands, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(topo.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True)
     for name in (topo.dead_letters, topo.reaper_dead_letters):
-        parked = await channel.declare_queue(name, durable=True, arguments=PARKED_ARGUMENTS)
+        parked = await channel.declare_queue(name, durable=True, arguments=topo.queue_arguments(topo.stage(name)))
         await parked.bind(dead, routing_key="")
-    exchanges = {"events": events, "commands": commands}
-    for stage, (exchange, keys) in STAGE_BINDINGS.items():
-        queue = await channel.declare_queue(topo.queue(stage), durable=True, arguments=stage_arguments(topo, stage))
+    exchanges = {topology.EVENTS: events, topology.COMMANDS: commands}
+    for stage, (exchange, keys) in topology.STAGE_BINDINGS.items():
+        queue = await channel.declare_queue(topo.queue(stage), durable=True, arguments=topo.queue_arguments(stage))
         for key in keys:
             await queue.bind(exchanges[exchange], routing_key=key)
 

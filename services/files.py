@@ -15,21 +15,22 @@ from pathlib import Path
 TEMP_SUFFIX = ".tmp"
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o644) -> None:
     """Replace `path` with `data` atomically; with `durable`, the rename survives a power cut."""
-    write_atomic_many([(path, data)], durable=durable)
+    write_atomic_many([(path, data)], durable=durable, mode=mode)
 
 
-def write_atomic_many(files: list[tuple[Path, bytes]], *, durable: bool = True) -> None:
+def write_atomic_many(files: list[tuple[Path, bytes]], *, durable: bool = True, mode: int = 0o644) -> None:
     """Write several files, each atomically, renamed into place in the given order (so the last
-    one's presence means all are complete), with one fsync per folder for the renames."""
+    one's presence means all are complete), with one fsync per folder for the renames. `mode` is
+    the files' permissions (0o600 for secrets), set before any data is written."""
     temps = []
     try:
         for path, data in files:
             path.parent.mkdir(parents=True, exist_ok=True)
             temp = temp_path(path)
             temps.append(temp)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             try:
                 view = memoryview(data)
                 while view:

@@ -1,4 +1,7 @@
-"""Structured logs: JSON lines when not attached to a terminal, readable columns when it is."""
+"""Structured logs: JSON lines when not attached to a terminal, readable columns when it is.
+
+The one logging setup of every Darkroom process: the services and the `darkroom run` supervisor.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from schemas.settings import Settings
 
 
 def configure(settings: Settings, service: str) -> structlog.stdlib.BoundLogger:
-    """Configure structlog (and stdlib logging, which libraries use) for one service process."""
+    """Configure structlog (and stdlib logging, which libraries use) for one process."""
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
     as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
@@ -41,7 +44,8 @@ def configure(settings: Settings, service: str) -> structlog.stdlib.BoundLogger:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.INFO) if level < logging.WARNING else level)
-    for noisy in ("aio_pika", "aiormq", "httpx", "uvicorn.access"):
+    # watchfiles logs "N changes detected" at info on every append to the event log.
+    for noisy in ("aio_pika", "aiormq", "httpx", "uvicorn.access", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # aiormq logs an error for every failed connection attempt; Bus.connect retries and reports.
     logging.getLogger("aiormq.connection").addFilter(

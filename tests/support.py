@@ -96,7 +96,7 @@ async def connect(settings: Settings, name: str = "test") -> Bus:
 
 async def drop_namespace(bus: Bus) -> None:
     """Delete a test namespace's queues and exchanges so the session broker stays small."""
-    from services.bus import STAGE_BINDINGS
+    from schemas.topology import STAGE_BINDINGS
 
     topo = bus.topology
     channel = await bus.connection.channel()

@@ -19,6 +19,7 @@ from ops.bench.stack import Stack, cpu_seconds, helper_process, rss
 from ops.broker import free_port
 from schemas.events import JobAccepted
 from schemas.jobs import GenerationSettings, JobSpec
+from schemas import topology
 from schemas.topology import Topology
 
 MB = 1024 * 1024
@@ -33,7 +34,7 @@ async def overhead(ctx: Context) -> list[Measurement]:
     jobs = 6 if ctx.quick else 50
     stack = await ctx.generation_stack()
     bare = await ctx.bare()
-    follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
+    follower = await Follower(ctx.amqp_url, stack.namespace).start((topology.EVERY_JOB_EVENT,))
     ours, theirs, large, bare_large = [], [], [], []
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=stack.headers) as client:
@@ -77,7 +78,7 @@ async def overhead(ctx: Context) -> list[Measurement]:
 
 async def burst(ctx: Context, stack: Stack, jobs: int, first_seed: int) -> float:
     """Submit `jobs` at once; seconds from the first submit to the last job.completed."""
-    follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
+    follower = await Follower(ctx.amqp_url, stack.namespace).start((topology.EVERY_JOB_EVENT,))
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=120, limits=httpx.Limits(max_connections=32),
                                      headers=stack.headers) as client:
@@ -86,7 +87,7 @@ async def burst(ctx: Context, stack: Stack, jobs: int, first_seed: int) -> float
             ends = await asyncio.gather(*(follower.end_of(job_id, timeout=600) for job_id in ids))
     finally:
         await follower.close()
-    failed = [kind for kind, _ in ends if kind != "job.completed"]
+    failed = [kind for kind, _ in ends if kind != topology.JOB_COMPLETED]
     if failed:
         raise RuntimeError(f"{len(failed)} of {jobs} jobs did not complete: {failed[:3]}")
     return max(at for _, at in ends) - started
@@ -257,7 +258,7 @@ async def _publish_accepted(url: str, namespace: str, jobs: int, follower: Follo
     for chunk in range(0, jobs, 100):
         await asyncio.gather(*(
             exchange.publish(aio_pika.Message(encoder.encode(JobAccepted(job_id=job_id, spec=_spec(n))),
-                                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="job.accepted")
+                                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=topology.JOB_ACCEPTED)
             for n, job_id in enumerate(ids[chunk:chunk + 100])
         ))
     ends = await asyncio.gather(*(follower.end_of(job_id, timeout=600) for job_id in ids))

@@ -9,6 +9,7 @@ import time
 
 import aio_pika
 
+from schemas import topology
 from schemas.topology import Topology
 
 
@@ -23,7 +24,7 @@ class Follower:
         self._waiters: dict[str, asyncio.Future] = {}
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
 
-    async def start(self, keys: tuple[str, ...] = ("#",)) -> Follower:
+    async def start(self, keys: tuple[str, ...] = (topology.EVERY_EVENT,)) -> Follower:
         self._connection = await aio_pika.connect_robust(self.amqp_url)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=1000)
@@ -37,7 +38,7 @@ class Follower:
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         kind = message.routing_key or ""
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        if kind in ("job.completed", "job.failed", "job.cancelled"):
+        if kind in (topology.JOB_COMPLETED, topology.JOB_FAILED, topology.JOB_CANCELLED):
             job_id = json.loads(message.body)["job_id"]
             self.ended[job_id] = (kind, time.monotonic())
             waiter = self._waiters.pop(job_id, None)

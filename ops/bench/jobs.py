@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ops.bench.follow import Follower
+from schemas import topology
 
 if TYPE_CHECKING:
     from ops.bench.harness import Context
@@ -27,14 +28,14 @@ async def run_job(client: httpx.AsyncClient, follower: Follower, seed: int, **se
     started = time.monotonic()
     job_id = await submit(client, seed, **settings)
     kind, ended = await follower.end_of(job_id)
-    if kind != "job.completed":
+    if kind != topology.JOB_COMPLETED:
         raise RuntimeError(f"bench job {job_id} ended {kind}")
     return ended - started
 
 
 async def warm_up(ctx: Context, stack: Stack, jobs: int | None = None) -> None:
     jobs = jobs or (1 if ctx.quick else 3)
-    follower = await Follower(ctx.amqp_url, stack.namespace).start(("job.*",))
+    follower = await Follower(ctx.amqp_url, stack.namespace).start((topology.EVERY_JOB_EVENT,))
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=stack.headers) as client:
             for seed in range(jobs):

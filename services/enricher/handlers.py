@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
 from schemas.catalog import Style
 from schemas.events import Command, Event, GenerateImages, JobAccepted, JobEnriched, JobFailed
+from services.jobfiles import JobFiles, MissingInput
 from services.styles import enrich_prompt
 
 
@@ -18,20 +18,7 @@ class Publisher(Protocol):
     async def send(self, command: Command) -> None: ...
 
 
-class MissingInput(ValueError):
-    """An input image the job refers to is no longer in the data directory."""
-
-
-def read_input(data_dir: Path, relative: str | None, field: str) -> bytes | None:
-    if relative is None:
-        return None
-    try:
-        return (data_dir / relative).read_bytes()
-    except FileNotFoundError:
-        raise MissingInput(f"{field} {relative} no longer exists") from None
-
-
-async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, Style], data_dir: Path) -> None:
+async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, Style], files: JobFiles) -> None:
     """Apply the job's style (or pass the prompt through), record it, and queue the generation.
 
     Input images travel inside the command, so generator workers need no shared disk.
@@ -39,9 +26,7 @@ async def enrich_job(event: JobAccepted, *, bus: Publisher, styles: dict[str, St
     spec = event.spec
     prompt, negative = enrich_prompt(spec.prompt, spec.negative_prompt, spec.style, styles)
     enriched = msgspec.structs.replace(spec, prompt=prompt, negative_prompt=negative)
-    init_image, mask_image = await asyncio.to_thread(
-        lambda: (read_input(data_dir, spec.init_image, "init_image"), read_input(data_dir, spec.mask_image, "mask_image"))
-    )
+    init_image, mask_image = await asyncio.to_thread(files.read_inputs, spec)
     # Both confirms are awaited together; job.enriched is written to the broker first, so it is
     # queued for subscribers before the generator can start.
     await asyncio.gather(

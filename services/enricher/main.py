@@ -9,6 +9,7 @@ from schemas.settings import Settings
 from services import runtime
 from services.bus import event_decoder
 from services.enricher.handlers import enrich_job, fail_job
+from services.jobfiles import JobFiles
 
 STAGE = "enricher"
 
@@ -18,7 +19,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     async with runtime.connected(settings, STAGE) as bus:
         await bus.consume(
             STAGE,
-            partial(enrich_job, bus=bus, styles=styles, data_dir=runtime.layout(settings).base),
+            partial(enrich_job, bus=bus, styles=styles, files=JobFiles(runtime.layout(settings))),
             decoder=event_decoder,
             on_failure=partial(fail_job, bus=bus),
             prefetch=32,

@@ -67,7 +67,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         beating = asyncio.create_task(worker.heartbeats())
         if warm is not None:
             await bus.publish(ModelLoaded(
-                job_id="", model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
+                model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
             ))
         await bus.subscribe(
             [topology.JOB_CANCEL_REQUESTED, topology.JOB_REQUEUED, topology.JOB_STARTED,

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from schemas.events import (
     Event,
     GenerateImages,
@@ -18,6 +16,7 @@ from schemas.events import (
     JobCancelled,
     JobFailed,
     JobRequeued,
+    command_for_attempt,
 )
 from schemas.jobs import ImageMetadata
 from schemas.layout import image_id
@@ -27,9 +26,8 @@ if TYPE_CHECKING:
 
 
 def next_attempt(command: GenerateImages, attempt: int) -> GenerateImages:
-    """The command that runs `command`'s job again as `attempt`: the one place the generator
-    builds a GenerateImages."""
-    return msgspec.structs.replace(command, attempt=attempt)
+    """The command that runs `command`'s job again as `attempt` (schemas' one builder)."""
+    return command_for_attempt(command, attempt)
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,19 @@ from schemas.events import (
     AnyEvent,
     Command,
     Event,
-    GenerateImages,
     JobFailed,
     JobRequeued,
     JobStalled,
     SweepResult,
     SweepStalled,
+    command_for_attempt,
 )
-from schemas.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES, JobDocument
-from schemas.layout import DataLayout, is_job_id
-from schemas.topology import Topology
-from services.bus import QUEUE_HEADER, REASON_HEADER
+from schemas.jobs import ACTIVE_STATUSES, TERMINAL_STATUSES
+from schemas.topology import Topology, parked_origin
+from services.jobfiles import JobFiles, MissingInput
 from services.reaper.liveness import Liveness, Stall, work_units
 
 log = structlog.get_logger("reaper")
-_doc_decoder = msgspec.json.Decoder(JobDocument)
 _any = msgspec.json.Decoder(AnyEvent | AnyCommand)
 
 # Parked messages of these stages belong to a job that can no longer move on: fail it.
@@ -45,27 +43,19 @@ class Publisher(Protocol):
 @dataclass
 class Reaper:
     bus: Publisher
-    layout: DataLayout
+    files: JobFiles
     topology: Topology
     liveness: Liveness
     max_attempts: int
-
-    def read_doc(self, job_id: str) -> JobDocument | None:
-        if not is_job_id(job_id):
-            return None
-        try:
-            return _doc_decoder.decode(self.layout.job(job_id).read_bytes())
-        except (FileNotFoundError, msgspec.MsgspecError):
-            return None
 
     def reconcile(self) -> int:
         """After a (re)start: every job the files say is processing gets a full timeout to show
         that a worker still holds it; silent ones are then requeued like any stall."""
         now = time.monotonic()
         found = 0
-        queue_file = self.layout.queue_file
+        queue_file = self.files.layout.queue_file
         for job_id in queue_file.read_text().split() if queue_file.exists() else []:
-            doc = self.read_doc(job_id)
+            doc = self.files.read(job_id)
             if doc is None or doc.status not in ACTIVE_STATUSES:
                 continue
             units = work_units(doc.settings)
@@ -92,7 +82,7 @@ class Reaper:
     async def act_on(self, stall: Stall) -> str:
         """`requeued`, `failed` (no attempts left), or `ended` (it had ended already: nothing done)."""
         job = stall.job
-        doc = await asyncio.to_thread(self.read_doc, job.job_id)
+        doc = await asyncio.to_thread(self.files.read, job.job_id)
         if doc is None or doc.status in TERMINAL_STATUSES:
             self.liveness.forget(job.job_id)
             return "ended"
@@ -105,26 +95,16 @@ class Reaper:
             ))
             return "failed"
         try:
-            init, mask = await asyncio.to_thread(self._inputs, doc)
-        except FileNotFoundError as exc:
+            init, mask = await asyncio.to_thread(self.files.read_inputs, doc)
+        except MissingInput as exc:
             await self.bus.publish(JobFailed(job_id=job.job_id, attempt=job.attempt, reason=f"cannot requeue: {exc}"))
             return "failed"
         attempt = job.attempt + 1
         log.warning("stalled job requeued", job_id=job.job_id, attempt=attempt, reason=stall.reason)
         # Recorded first, then queued: the next attempt's job.started always comes after.
         await self.bus.publish(JobRequeued(job_id=job.job_id, attempt=attempt, reason=f"stalled: {stall.reason}"))
-        await self.bus.send(GenerateImages(
-            job_id=job.job_id, spec=doc.spec(), attempt=attempt, created_at=doc.created_at,
-            init_image=init, mask_image=mask,
-        ))
+        await self.bus.send(command_for_attempt(doc, attempt, init_image=init, mask_image=mask))
         return "requeued"
-
-    def _inputs(self, doc: JobDocument) -> tuple[bytes | None, bytes | None]:
-        base = self.layout.base
-        return (
-            (base / doc.init_image).read_bytes() if doc.init_image else None,
-            (base / doc.mask_image).read_bytes() if doc.mask_image else None,
-        )
 
     async def fail_parked(self, message: AbstractIncomingMessage) -> None:
         """A message the broker parked (it kept killing its consumer): end its job with the reason.
@@ -132,23 +112,20 @@ class Reaper:
         Messages a service parked itself carry our reason header; that service already failed
         the job, so they need nothing more.
         """
-        headers = message.headers or {}
-        if REASON_HEADER in headers:
+        origin = parked_origin(message.headers)
+        if origin.parked_by_stage:
             return
-        deaths = headers.get("x-death") or [{}]
-        death = deaths[0] if isinstance(deaths, list | tuple) else {}
-        queue = str(headers.get(QUEUE_HEADER) or death.get("queue", ""))
-        stage = queue.removeprefix(f"{self.topology.namespace}.")
+        stage = self.topology.stage(origin.queue or "")
         if stage not in JOB_STAGES:
             return
         try:
             item = _any.decode(message.body)
         except msgspec.MsgspecError:
             return
-        doc = await asyncio.to_thread(self.read_doc, item.job_id)
+        doc = await asyncio.to_thread(self.files.read, item.job_id)
         if doc is None or doc.status in TERMINAL_STATUSES:
             return
-        why = death.get("reason", "rejected")
+        why = origin.broker_reason or "rejected"
         reason = (f"its {stage} message was parked in the dead-letter queue ({why}): it crashed or "
                   f"stopped its worker on every delivery")
         attempt = max(doc.attempts, getattr(item, "attempt", 1))

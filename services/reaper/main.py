@@ -13,6 +13,7 @@ from schemas.settings import Settings
 from schemas.topology import Topology
 from services import runtime
 from services.bus import command_decoder, event_decoder, settle
+from services.jobfiles import JobFiles
 from services.reaper.handlers import Reaper, answer_sweep, observe
 from services.reaper.liveness import Liveness
 
@@ -49,7 +50,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     layout = runtime.layout(settings)
     async with runtime.connected(settings, STAGE) as bus:
         reaper = Reaper(
-            bus=bus, layout=layout, topology=Topology(settings.namespace),
+            bus=bus, files=JobFiles(layout), topology=Topology(settings.namespace),
             liveness=Liveness(stall_timeout=settings.stall_timeout), max_attempts=settings.max_attempts,
         )
         found = await asyncio.to_thread(reaper.reconcile)

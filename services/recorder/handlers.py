@@ -10,8 +10,9 @@ import structlog
 from schemas.events import Event, JobProgressed
 from schemas.jobs import TERMINAL_STATUSES, JobDocument
 from schemas.layout import DataLayout
-from services.files import sweep_temp_files, write_atomic
 from schemas.lifecycle import apply_event
+from services.files import sweep_temp_files
+from services.jobfiles import JobFiles
 from services.recorder.store import EventLog, JobStore, log_line
 
 log = structlog.get_logger("recorder")
@@ -24,8 +25,9 @@ class Recorder:
 
     def __init__(self, layout: DataLayout):
         self.layout = layout
-        self.log = EventLog(layout.events_dir)
-        self.jobs = JobStore(layout)
+        self.files = JobFiles(layout)
+        self.log = EventLog(layout)
+        self.jobs = JobStore(self.files)
         self._recent: deque[str] = deque(maxlen=RECENT_IDS)
         self._recent_set: set[str] = set()
         self._unapplied: list[Event] = []
@@ -64,7 +66,7 @@ class Recorder:
         for event in self._unapplied:
             try:
                 if isinstance(event, JobProgressed) and event.preview:
-                    write_atomic(self.layout.preview(event.job_id), event.preview, durable=False)
+                    self.files.write_preview(event.job_id, event.preview)
                 doc = apply_event(changed.get(event.job_id) or self.jobs.read(event.job_id), event)
             except OSError:
                 raise
@@ -76,7 +78,7 @@ class Recorder:
         for doc in changed.values():
             self.jobs.write(doc)
             if doc.status in TERMINAL_STATUSES:
-                self.layout.preview(doc.id).unlink(missing_ok=True)
+                self.files.remove_preview(doc.id)
         if list(self.jobs.active) != active_before:
             self.jobs.write_queue_file()
         self._unapplied.clear()

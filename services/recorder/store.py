@@ -6,28 +6,16 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 
 from schemas.events import Event, ImageGenerated, JobProgressed
 from schemas.jobs import ACTIVE_STATUSES, JobDocument
-from schemas.layout import DataLayout, is_job_id
+from schemas.layout import DataLayout
 from services.files import write_atomic
+from services.jobfiles import JobFiles
 
 _encoder = msgspec.json.Encoder()
-_doc_decoder = msgspec.json.Decoder(JobDocument)
-
-
-class _JobHead(msgspec.Struct):
-    """Just enough of a job document to rebuild queue.txt quickly."""
-
-    id: str
-    status: str
-    created_at: datetime
-
-
-_head_decoder = msgspec.json.Decoder(_JobHead)
 
 
 def log_line(event: Event) -> bytes:
@@ -40,18 +28,19 @@ def log_line(event: Event) -> bytes:
 
 
 class EventLog:
-    """Append-only JSON lines, one file per UTC day of recording."""
+    """Append-only JSON lines, one file per UTC day of recording (`DataLayout.event_log`)."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, layout: DataLayout):
+        self.layout = layout
+        self.folder = layout.events_dir
+        self.folder.mkdir(parents=True, exist_ok=True)
 
     def append(self, lines: Iterable[bytes], now: datetime | None = None) -> None:
         day = (now or datetime.now(UTC)).date()
         data = b"".join(lines)
         if not data:
             return
-        fd = os.open(self.folder / f"{day.isoformat()}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.layout.event_log(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -84,23 +73,19 @@ class _EventId(msgspec.Struct):
 class JobStore:
     """Job documents on disk, with the active ones (pending/processing) cached in memory."""
 
-    def __init__(self, layout: DataLayout):
-        self.layout = layout
+    def __init__(self, files: JobFiles):
+        self.files = files
+        self.layout = files.layout
         self.active: OrderedDict[str, JobDocument] = OrderedDict()
 
-    def read(self, job_id: str) -> JobDocument | None:
+    def read(self, job_id: str | None) -> JobDocument | None:
         if job_id in self.active:
             return self.active[job_id]
-        if not is_job_id(job_id):
-            return None
-        try:
-            return _doc_decoder.decode(self.layout.job(job_id).read_bytes())
-        except FileNotFoundError:
-            return None
+        return self.files.read(job_id)
 
     def write(self, doc: JobDocument) -> None:
         # Not fsynced: the fsynced event log is the source of truth and rebuilds any document.
-        write_atomic(self.layout.job(doc.id), _encoder.encode(doc), durable=False)
+        self.files.write(doc)
         if doc.status in ACTIVE_STATUSES:
             self.active.setdefault(doc.id, doc)
             self.active[doc.id] = doc
@@ -109,17 +94,7 @@ class JobStore:
 
     def load_active(self) -> int:
         """Find the pending and processing jobs on disk, oldest first (for queue.txt after a restart)."""
-        found: list[_JobHead] = []
-        with os.scandir(self.layout.jobs_dir) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".json") or entry.name.startswith("."):
-                    continue
-                try:
-                    head = _head_decoder.decode(Path(entry.path).read_bytes())
-                except (OSError, msgspec.MsgspecError):
-                    continue
-                if head.status in ACTIVE_STATUSES:
-                    found.append(head)
+        found = [head for head in self.files.heads() if head.status in ACTIVE_STATUSES]
         self.active.clear()
         for head in sorted(found, key=lambda h: h.created_at):
             doc = self.read(head.id)

@@ -9,29 +9,18 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Protocol
 
-import msgspec
 import structlog
 
 from schemas.events import Event, ImageGenerated, ImageSaved, JobCompleted, JobFailed
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
-from schemas.layout import DataLayout, image_id
-from services.files import write_atomic_many
+from schemas.layout import image_id
+from services.jobfiles import JobFiles
 
 log = structlog.get_logger("saver")
-_encoder = msgspec.json.Encoder()
-_doc_decoder = msgspec.json.Decoder(JobDocument)
-_record_decoder = msgspec.json.Decoder(ImageRecord)
 
 
 class Publisher(Protocol):
     async def publish(self, event: Event) -> None: ...
-
-
-def _job_document(layout: DataLayout, job_id: str) -> JobDocument | None:
-    try:
-        return _doc_decoder.decode(layout.job(job_id).read_bytes())
-    except (FileNotFoundError, msgspec.MsgspecError):
-        return None
 
 
 def stale_reason(doc: JobDocument | None, event: ImageGenerated) -> str | None:
@@ -47,23 +36,23 @@ def stale_reason(doc: JobDocument | None, event: ImageGenerated) -> str | None:
     return None
 
 
-def write_image(layout: DataLayout, event: ImageGenerated) -> ImageRecord:
+def write_image(files: JobFiles, event: ImageGenerated) -> ImageRecord:
     """PNG first, then the sidecar: a sidecar on disk means its image is complete."""
-    file_path = layout.image_file_path(event.job_created_at, event.image_id)
+    paths = files.image_paths(event.image_id, event.job_created_at)
     record = ImageRecord(
         id=event.image_id,
-        file_path=file_path,
+        file_path=paths.file_path,
         created_at=datetime.now(UTC),
         width=event.width,
         height=event.height,
         size_bytes=len(event.png),
         metadata=event.metadata,
     )
-    write_atomic_many([(layout.image(file_path), event.png), (layout.sidecar(file_path), _encoder.encode(record))])
+    files.write_image(paths, event.png, record)
     return record
 
 
-def all_images_saved(layout: DataLayout, event: ImageGenerated, saved: ImageRecord) -> list[ImageRecord] | None:
+def all_images_saved(files: JobFiles, event: ImageGenerated, saved: ImageRecord) -> list[ImageRecord] | None:
     """Every image record of the job when all sidecars are on disk, else None.
 
     With several saver processes, two may both find the set complete: job.completed is idempotent.
@@ -73,21 +62,20 @@ def all_images_saved(layout: DataLayout, event: ImageGenerated, saved: ImageReco
         if number == event.image_number:
             records.append(saved)
             continue
-        sidecar = layout.sidecar(layout.image_file_path(event.job_created_at, image_id(event.job_id, number)))
-        try:
-            records.append(_record_decoder.decode(sidecar.read_bytes()))
-        except FileNotFoundError:
+        record = files.read_image_record(image_id(event.job_id, number), event.job_created_at)
+        if record is None:
             return None
+        records.append(record)
     return records
 
 
-def store_image(layout: DataLayout, event: ImageGenerated) -> tuple[str | None, ImageRecord | None, list[ImageRecord] | None]:
+def store_image(files: JobFiles, event: ImageGenerated) -> tuple[str | None, ImageRecord | None, list[ImageRecord] | None]:
     """In one trip to a worker thread: (why not saved, the record, every record if the job is complete)."""
-    reason = stale_reason(_job_document(layout, event.job_id), event)
+    reason = stale_reason(files.read(event.job_id), event)
     if reason is not None:
         return reason, None, None
-    record = write_image(layout, event)
-    return None, record, all_images_saved(layout, event, record)
+    record = write_image(files, event)
+    return None, record, all_images_saved(files, event, record)
 
 
 class JobLocks:
@@ -137,13 +125,13 @@ class SavedImages:
             self._saved.popitem(last=False)
 
 
-async def save_image(event: ImageGenerated, *, bus: Publisher, layout: DataLayout, locks: JobLocks,
+async def save_image(event: ImageGenerated, *, bus: Publisher, files: JobFiles, locks: JobLocks,
                      saved: SavedImages) -> None:
     """Write the image durably, announce it, and complete the job when its last image is in."""
     async with locks.hold(event.job_id):
         reason = saved.duplicate_reason(event)
         if reason is None:
-            reason, record, records = await asyncio.to_thread(store_image, layout, event)
+            reason, record, records = await asyncio.to_thread(store_image, files, event)
         if reason is not None:
             log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
             return

@@ -10,6 +10,7 @@ from schemas.settings import Settings
 from services import runtime
 from services.bus import event_decoder
 from services.files import sweep_temp_files
+from services.jobfiles import JobFiles
 from services.saver.handlers import JobLocks, SavedImages, fail_job, save_image
 
 STAGE = "saver"
@@ -24,7 +25,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     async with runtime.connected(settings, STAGE) as bus:
         await bus.consume(
             STAGE,
-            partial(save_image, bus=bus, layout=layout, locks=JobLocks(), saved=SavedImages()),
+            partial(save_image, bus=bus, files=JobFiles(layout), locks=JobLocks(), saved=SavedImages()),
             decoder=event_decoder,
             on_failure=partial(fail_job, bus=bus),
             prefetch=16,

@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from schemas.events import JobFailed
-from services.bus import QUEUE_HEADER, REASON_HEADER, BrokerUnavailable, Bus, event_decoder
+from schemas.topology import QUEUE_HEADER, REASON_HEADER
+from services.bus import BrokerUnavailable, Bus, event_decoder
 from tests.support import wait_for
 
 

@@ -74,7 +74,7 @@ async def test_the_model_is_loaded_once_and_kept_warm(with_tiny_model, bus, tap)
             await bus.send(command(job))
         await tap.wait(ImageGenerated, "warm-3")
     loads = tap.of(ModelLoaded)
-    assert len(loads) == 1 and loads[0].job_id == "" and loads[0].bytes > 0, "loaded once, at start"
+    assert len(loads) == 1 and loads[0].job_id is None and loads[0].bytes > 0, "loaded once, at start"
     assert not tap.of(ModelLoading, "warm-1") and not tap.of(ModelLoading, "warm-3")
 
 

@@ -11,6 +11,7 @@ from schemas.jobs import GenerationSettings, ImageMetadata, JobSpec
 from schemas.layout import DataLayout
 from services.generator.handlers import follow_job
 from services.generator.worker import Options, Worker
+from services.jobfiles import JobFiles
 from services.saver.handlers import JobLocks, SavedImages, save_image
 
 JOB = "0c907066-985e-467b-8d11-07419060ef91"
@@ -66,7 +67,7 @@ def test_the_saver_saves_one_copy_of_an_attempt_and_reannounces_a_redelivery(tmp
     first, twin = generated(2), generated(2)
 
     async def save(event: ImageGenerated) -> None:
-        await save_image(event, bus=bus, layout=layout, locks=locks, saved=saved)
+        await save_image(event, bus=bus, files=JobFiles(layout), locks=locks, saved=saved)
 
     asyncio.run(save(first))
     assert [type(e).__name__ for e in bus.events] == ["ImageSaved", "JobCompleted"]

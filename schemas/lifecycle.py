@@ -103,6 +103,7 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
             doc.message = f"Failed: {event.reason}"
         case JobCancelled():
             doc.status = "cancelled"
+            doc.images = []  # a cancelled job keeps no image (the saver removes any it wrote)
             doc.completed_at = event.occurred_at
             doc.progress = Progress(step=progress.step, total_steps=progress.total_steps)
             doc.message = f"Cancelled: {event.reason}"

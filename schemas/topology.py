@@ -81,6 +81,15 @@ DELIVERY_LIMIT = 5
 # redeliveries), then parked; the reaper fails its job with the reason.
 GENERATOR_DELIVERY_LIMIT = 3
 DELIVERY_LIMITS = {"generator": GENERATOR_DELIVERY_LIMIT}
+# A follower's private queue that outlives its process's disconnects lives on this long unused
+# (then the broker deletes it), collecting the events the process missed.
+FOLLOWER_KEEP_SECONDS = 600
+
+
+def follower_arguments() -> dict[str, Any]:
+    return {"x-expires": FOLLOWER_KEEP_SECONDS * 1000}
+
+
 # The dead-letter queues: quorum (replicated, durable), no delivery limit of their own.
 PARKED_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 

@@ -302,15 +302,22 @@ class Bus:
         await channel.default_exchange.publish(reply, routing_key=message.reply_to, mandatory=False)
 
     async def subscribe(
-        self, keys: Iterable[str], handle: Callable[[Event], Awaitable[None]], *, name: str
+        self, keys: Iterable[str], handle: Callable[[Event], Awaitable[None]], *, name: str,
+        outlive_disconnects: bool = False,
     ) -> AbstractQueue:
-        """A private queue for this process only (gone when it disconnects) bound to `keys` on the
-        events exchange: how a process follows events it does not own (cancellations, live progress)."""
+        """A private queue for this process only bound to `keys` on the events exchange: how a
+        process follows events it does not own (cancellations, live progress).
+
+        It goes when the process disconnects, unless `outlive_disconnects`: then it keeps
+        collecting for a while (topology.FOLLOWER_KEEP_SECONDS) and the reconnected process gets
+        what it missed (a worker frozen past its heartbeat must still learn which jobs ended)."""
         channel = await self.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=256)
-        queue = await channel.declare_queue(
-            f"{self.topology.namespace}.{name}.{new_id()[:8]}", exclusive=True, auto_delete=True
-        )
+        queue_name = f"{self.topology.namespace}.{name}.{new_id()[:8]}"
+        if outlive_disconnects:
+            queue = await channel.declare_queue(queue_name, arguments=topology.follower_arguments())
+        else:
+            queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
         events = await channel.get_exchange(self.topology.events, ensure=False)
         for key in keys:
             await queue.bind(events, routing_key=key)

@@ -5,6 +5,9 @@
     inputs/<job_id>/init.png, mask.png     its uploaded input images (`input_path`, `read_input`)
     previews/<job_id>.png                  the latest preview while it runs (`preview_path`)
     images/YYYY/MM/DD/<image_id>.png|json  its images and their sidecars (`image_paths`)
+    jobs/.outcomes/<job_id>                how it ended, claimed once (`claim_outcome`): the
+                                           saver's "completed" and a cancel's "cancelled" race
+                                           for it, and whichever is first is the truth
 
 One decoder per file kind lives here; no other module decodes a job document or a sidecar.
 Ids are checked before any path is built: a malformed id reads as "no such job".
@@ -16,6 +19,7 @@ thread), never directly from a coroutine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,8 +30,8 @@ import msgspec
 import structlog
 
 from schemas.jobs import ImageRecord, JobDocument, JobSpec
-from schemas.layout import DataLayout, is_job_id, split_image_id
-from services.files import write_atomic, write_atomic_many
+from schemas.layout import DataLayout, image_id, is_job_id, split_image_id
+from services.files import create_file, write_atomic, write_atomic_many
 
 log = structlog.get_logger("jobfiles")
 
@@ -120,6 +124,44 @@ class JobFiles:
     def write(self, doc: JobDocument, *, durable: bool = False) -> None:
         """Replace the job's document atomically."""
         write_atomic(self.layout.job(doc.id), _encoder.encode(doc), durable=durable)
+
+    # Outcomes: one claim per job, made by whoever ends it first on this data directory.
+
+    def claim_outcome(self, job_id: str, outcome: str) -> str:
+        """Claim that the job ended with `outcome` (`completed` or `cancelled`); returns the
+        outcome that holds: ours if we were first, else the one claimed before."""
+        path = self.layout.jobs_dir / ".outcomes" / job_id
+        try:
+            create_file(path, outcome.encode())
+            return outcome
+        except FileExistsError:
+            return self.outcome(job_id) or outcome
+
+    def outcome(self, job_id: str) -> str | None:
+        """The claimed outcome of a job, or None while nobody has ended it."""
+        try:
+            return (self.layout.jobs_dir / ".outcomes" / job_id).read_text() or None
+        except FileNotFoundError:
+            return None
+
+    def remove_inputs(self, job_id: str) -> None:
+        """The job's uploaded images, once it ended (nothing needs them any more)."""
+        folder = self.layout.inputs_dir / job_id
+        for name in INPUT_NAMES:
+            (folder / f"{name}.png").unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            folder.rmdir()
+
+    def remove_images(self, job_id: str, created: datetime, count: int) -> list[str]:
+        """Remove whatever files of the job's images exist (sidecar first); their ids."""
+        removed = []
+        for number in range(1, count + 1):
+            paths = self.image_paths(image_id(job_id, number), created)
+            if paths.sidecar.exists() or paths.png.exists():
+                paths.sidecar.unlink(missing_ok=True)
+                paths.png.unlink(missing_ok=True)
+                removed.append(image_id(job_id, number))
+        return removed
 
     # Input images (img2img, inpaint), stored by the ingress, read into the GenerateImages command.
 

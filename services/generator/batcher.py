@@ -68,7 +68,7 @@ class Batcher:
         """Wait (at most `timeout` seconds) for the running batch to end."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def submit(self, command: GenerateImages) -> None:

@@ -60,9 +60,9 @@ class Cancellations:
     def follow(self, event: Event) -> None:
         """Note cancellations (a queued job is skipped, a running one stops at its next step) and
         newer attempts (an older attempt of the job is a zombie whose work is dropped)."""
-        if isinstance(event, JobCancelRequested):
+        if isinstance(event, (JobCancelRequested, JobCancelled)):
             _remember(self.cancelled, event.job_id)
-        elif isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+        if isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
             _remember(self.ended, event.job_id)
         elif isinstance(event, JobRequeued) and event.replay:
             self.ended.pop(event.job_id, None)  # an operator brought it back

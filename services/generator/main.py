@@ -72,7 +72,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         await bus.subscribe(
             [topology.JOB_CANCEL_REQUESTED, topology.JOB_REQUEUED, topology.JOB_STARTED,
              topology.JOB_COMPLETED, topology.JOB_FAILED, topology.JOB_CANCELLED],
-            partial(follow_job, worker=worker), name="generator-follow",
+            partial(follow_job, worker=worker), name="generator-follow", outlive_disconnects=True,
         )
         # Prefetch two batches: a full next batch waits here while one runs. Commands a worker
         # holds when it dies go back with their delivery count up by one (4 deliveries allowed).

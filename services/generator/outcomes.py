@@ -13,7 +13,6 @@ from schemas.events import (
     Event,
     GenerateImages,
     ImageGenerated,
-    JobCancelled,
     JobFailed,
     JobRequeued,
     command_for_attempt,
@@ -43,10 +42,6 @@ NOTHING = Outcome()
 
 def failed(command: GenerateImages, reason: str) -> Outcome:
     return Outcome(events=(JobFailed(job_id=command.job_id, reason=reason, attempt=command.attempt),))
-
-
-def cancelled(command: GenerateImages, reason: str) -> Outcome:
-    return Outcome(events=(JobCancelled(job_id=command.job_id, reason=reason),))
 
 
 def requeued(command: GenerateImages, attempt: int, reason: str) -> Outcome:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from schemas.events import Event, JobCancelled, JobProgressed
+from schemas.events import Event, JobProgressed
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +58,8 @@ class ProgressReporter:
     Publishes at most `rate` progress events a second per job (always the first and last step of
     each phase) without waiting for the broker, a preview every `preview_every` steps, and stops
     the call when every job in it was cancelled. A job cancelled while sharing a call with others
-    is announced cancelled at once; its images are dropped when the call ends.
+    gets no more progress; its images are dropped when the call ends (whoever cancelled it
+    announced job.cancelled).
     """
 
     def __init__(
@@ -103,8 +104,7 @@ class ProgressReporter:
             return True
         for slot in self.slots:
             if slot.job_id not in self.dropped and self.cancelled(slot.job_id):
-                self.dropped.add(slot.job_id)
-                self._send(JobCancelled(job_id=slot.job_id, reason="cancelled while generating"))
+                self.dropped.add(slot.job_id)  # its cancel already announced it; no more progress
         if len(self.dropped) == len(self.slots):
             return True
         now = time.monotonic()

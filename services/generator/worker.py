@@ -19,7 +19,6 @@ from schemas.catalog import Catalog, ModelEntry
 from schemas.events import (
     Event,
     GenerateImages,
-    JobCancelled,
     JobRequeued,
     JobStarted,
     ModelEvicted,
@@ -149,7 +148,8 @@ class Worker:
             if self.cancellations.is_stale(command):
                 log.info("zombie attempt dropped", job_id=command.job_id, attempt=command.attempt)
             elif self.cancellations.is_cancelled(command.job_id):
-                await self.bus.publish(JobCancelled(job_id=command.job_id, reason="cancelled while queued"))
+                # The cancel already ended the job (job.cancelled comes from whoever cancelled it).
+                log.info("cancelled job skipped", job_id=command.job_id, attempt=command.attempt)
             else:
                 commands.append(command)
         if not commands:
@@ -215,7 +215,7 @@ class Worker:
         except Interrupted:
             if self.stopping:  # the worker is shutting down: the same attempt goes back to the queue
                 return [outcomes.requeued(c, c.attempt, "its worker shut down mid-generation") for c in commands]
-            return [outcomes.cancelled(c, "cancelled while generating") for c in commands]
+            return [outcomes.NOTHING for _ in commands]  # cancelled: the cancel announced it, images discarded
         except (InvalidRequest, LoraError) as exc:
             return [outcomes.failed(c, str(exc)) for c in commands]
         seconds = round(time.perf_counter() - started, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,12 +12,14 @@ from typing import Protocol
 
 import structlog
 
-from schemas.events import Event, ImageGenerated, ImageSaved, JobCompleted, JobFailed
+from schemas.events import Event, ImageGenerated, ImageSaved, JobCompleted, JobFailed, WorkerHeartbeat
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
 from schemas.layout import image_id
 from services.jobfiles import JobFiles
 
 log = structlog.get_logger("saver")
+# A full disk (or quota): waited out, never a reason to fail a job whose images exist only here.
+STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 class Publisher(Protocol):
@@ -70,12 +73,51 @@ def all_images_saved(files: JobFiles, event: ImageGenerated, saved: ImageRecord)
 
 
 def store_image(files: JobFiles, event: ImageGenerated) -> tuple[str | None, ImageRecord | None, list[ImageRecord] | None]:
-    """In one trip to a worker thread: (why not saved, the record, every record if the job is complete)."""
-    reason = stale_reason(files.read(event.job_id), event)
+    """In one trip to a worker thread: (why not saved, the record, every record if the job is complete).
+
+    A job ends once: the saver claims "completed" when its last image is in, a cancel claims
+    "cancelled" (services/jobfiles.py); whichever is first holds. A cancelled job's images are
+    removed wherever the saver meets them; a completed job's image that is no longer on disk was
+    deleted by its owner and is never written again.
+    """
+    job, created, total = event.job_id, event.job_created_at, event.total_images
+    outcome = files.outcome(job)
+    if outcome == "cancelled":
+        removed = files.remove_images(job, created, total)
+        return "job was cancelled" + (f" (removed {len(removed)} saved image(s))" if removed else ""), None, None
+    if outcome == "completed":
+        record = files.read_image_record(event.image_id, created)
+        if record is None:
+            return "its job completed and the image was deleted since", None, None
+        return None, record, all_images_saved(files, event, record)  # announced again (idempotent)
+    reason = stale_reason(files.read(job), event)
     if reason is not None:
         return reason, None, None
     record = write_image(files, event)
-    return None, record, all_images_saved(files, event, record)
+    records = all_images_saved(files, event, record)
+    if records is not None and files.claim_outcome(job, "completed") == "cancelled":
+        files.remove_images(job, created, total)
+        return "job was cancelled while its images were saved", None, None
+    return None, record, records
+
+
+async def _store_when_possible(files: JobFiles, event: ImageGenerated, bus: Publisher
+                               ) -> tuple[str | None, ImageRecord | None, list[ImageRecord] | None]:
+    """store_image, waiting out a full disk: the images are the only copy, so a transient full
+    disk must not fail the job. Meanwhile the job is reported alive (the reaper must not requeue
+    it) and the message stays unacked (nothing is lost if the saver stops)."""
+    delay = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(store_image, files, event)
+        except OSError as exc:
+            if exc.errno not in STORAGE_FULL:
+                raise
+            log.error("data directory full; retrying the save", job_id=event.job_id, image_id=event.image_id,
+                      error=str(exc), retry_in=delay)
+            await bus.publish(WorkerHeartbeat(job_id=event.job_id, worker="saver", attempt=event.attempt))
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
 
 
 class JobLocks:
@@ -131,7 +173,7 @@ async def save_image(event: ImageGenerated, *, bus: Publisher, files: JobFiles, 
     async with locks.hold(event.job_id):
         reason = saved.duplicate_reason(event)
         if reason is None:
-            reason, record, records = await asyncio.to_thread(store_image, files, event)
+            reason, record, records = await _store_when_possible(files, event, bus)
         if reason is not None:
             log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
             return
@@ -146,5 +188,6 @@ async def save_image(event: ImageGenerated, *, bus: Publisher, files: JobFiles, 
 
 
 async def fail_job(event: ImageGenerated, error: Exception, *, bus: Publisher) -> None:
-    """An image that cannot be written (disk full, unwritable folder) fails its job with the reason."""
+    """An image that cannot be written (an unwritable folder, say: a full disk is waited out) fails
+    its job with the reason."""
     await bus.publish(JobFailed(job_id=event.job_id, reason=f"saving image {event.image_number} failed: {error}", attempt=event.attempt))

@@ -141,10 +141,9 @@ async def test_a_running_job_is_cancelled_within_a_step_and_its_images_discarded
         await bus.send(job("long", steps=50, size=256))
         await tap.wait(JobProgressed, "long")
         await bus.publish(JobCancelRequested(job_id="long"))
-        [cancelled] = await tap.wait(JobCancelled, "long")
         await bus.send(job("next"))
         await tap.wait(ImageGenerated, "next")
-    assert cancelled.reason == "cancelled while generating"
+    assert not tap.of(JobCancelled, "long"), "whoever cancels a job announces it, not the generator"
     last_step = max(e.step for e in tap.of(JobProgressed, "long"))
     assert last_step < 50, "stopped early"
     assert not tap.of(ImageGenerated, "long"), "partial images are never published"

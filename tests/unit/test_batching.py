@@ -70,7 +70,7 @@ def test_a_job_asking_for_smaller_calls_runs_alone_and_is_split():
     assert calls_for([command("a", images=2), command("b")], capacity=4) == [[(0, 0, 2), (1, 0, 1)]]
 
 
-def test_a_cancelled_job_in_a_shared_call_is_announced_and_dropped_the_rest_go_on():
+def test_a_cancelled_job_in_a_shared_call_is_dropped_the_rest_go_on():
     published, cancelled = [], {"b"}
 
     class Loop:
@@ -86,7 +86,7 @@ def test_a_cancelled_job_in_a_shared_call_is_announced_and_dropped_the_rest_go_o
     latents = torch.zeros(3, 4, 8, 8)
     assert reporter(1, 4, latents, "generating") is False
     assert reporter(2, 4, latents, "generating") is False
-    assert [e.job_id for e in published if isinstance(e, JobCancelled)] == ["b"], "announced once"
+    assert not [e for e in published if isinstance(e, JobCancelled)], "the cancel announces it, not the worker"
     progress = [e for e in published if isinstance(e, JobProgressed)]
     assert {e.job_id for e in progress} == {"a"} and [e.step for e in progress] == [1, 2]
     assert progress[0].preview is None and progress[1].preview.startswith(b"\x89PNG"), "a preview every 2 steps"

@@ -65,9 +65,10 @@ class Recorder:
         active_before = list(self.jobs.active)
         for event in self._unapplied:
             try:
-                if isinstance(event, JobProgressed) and event.preview:
-                    self.files.write_preview(event.job_id, event.preview)
                 doc = apply_event(changed.get(event.job_id) or self.jobs.read(event.job_id), event)
+                # Only a running job's preview: a late one (a superseded attempt, an ended job) is dropped.
+                if doc is not None and isinstance(event, JobProgressed) and event.preview:
+                    self.files.write_preview(event.job_id, event.preview)
             except OSError:
                 raise
             except Exception:  # a bad event must not stop the log; it is logged and can be replayed
@@ -77,8 +78,9 @@ class Recorder:
                 changed[doc.id] = doc
         for doc in changed.values():
             self.jobs.write(doc)
-            if doc.status in TERMINAL_STATUSES:
+            if doc.status in TERMINAL_STATUSES:  # what only a running job needs goes with it
                 self.files.remove_preview(doc.id)
+                self.files.remove_inputs(doc.id)
         if list(self.jobs.active) != active_before:
             self.jobs.write_queue_file()
         self._unapplied.clear()

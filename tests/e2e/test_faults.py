@@ -143,7 +143,7 @@ def wait_terminal(stack: Stack, job_ids: list[str], timeout: float = 180) -> dic
         raise AssertionError("jobs that never ended (lost):\n" + "\n".join(trail)) from None
 
 
-def test_a_poison_job_fails_after_its_attempts_and_the_others_flow(fault_stack):
+def test_f22_a_poison_job_is_delivered_as_often_as_documented_then_parked(fault_stack):
     stack, broker = fault_stack
     with stack.client() as client:
         poison = submit(client, "a POISON apple")

@@ -20,8 +20,8 @@ from pathlib import Path
 import duckdb
 import httpx
 
-from ops import queries
-from ops.projection import Projection
+from services.readside import queries
+from services.readside.projection import Projection
 from schemas.layout import DataLayout
 from schemas.settings import Settings
 

@@ -60,7 +60,7 @@ def _measure(work: Path, quick: bool) -> list[Measurement]:
     if ours["events"] != bare["events"]:
         raise RuntimeError(f"readside: the projection applied {ours['events']} events, the log holds {bare['events']}")
 
-    from ops.projection import Projection
+    from services.readside.projection import Projection
 
     projection = Projection(db, events)
     try:
@@ -181,7 +181,7 @@ JOB_COLUMNS = "id, status, model, mode, prompt, num_images, owner, created_at, s
 
 
 def _queries(cur, bare, truth: dict) -> list[Query]:
-    from ops import queries
+    from services.readside import queries
     from ops.bench.synthetic import WORDS
 
     admin, alice = queries.Scope(everyone=True), queries.Scope(owner="alice")
@@ -281,7 +281,7 @@ def _timed(call: Callable[[int], object], rep: int) -> float:
 
 
 def _catch_up(db: Path, events: Path) -> int:
-    from ops.projection import Projection
+    from services.readside.projection import Projection
 
     projection = Projection(db, events)
     try:

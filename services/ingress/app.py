@@ -22,7 +22,7 @@ from services.bus import Bus, BrokerUnavailable
 from services.files import sweep_temp_files
 from services.ingress.errors import EXCEPTION_HANDLERS
 from services.ingress.handlers import Ingress
-from services.ingress.readside import ReadSide
+from services.readside import ReadSide
 from services.ingress.routes import DEPENDENCIES, ROUTES
 
 log = structlog.get_logger("ingress")
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> Litestar:
         background = [asyncio.create_task(ctx.readside.follow())]
         if settings.image_ttl > 0:
             log.info("retention janitor on", image_ttl_seconds=settings.image_ttl)
-            background.append(asyncio.create_task(ctx.readside.janitor(lambda: ctx.bus)))
+            background.append(asyncio.create_task(ctx.readside.run_janitor(lambda: ctx.bus)))
         try:
             yield
         finally:

@@ -13,7 +13,7 @@ import structlog
 
 from schemas.api import JobCancelAnswer, JobRequest, Quota
 from schemas.catalog import Catalog
-from ops import queries
+from services.readside import queries
 from schemas.events import (
     ImageDeleted,
     JobAccepted,
@@ -32,7 +32,7 @@ from services.files import create_file, publish_staged, temp_path, write_atomic_
 from services.ingress.auth import UNLIMITED, KeyStore, Limits, Principal
 from services.ingress.errors import ApiError, not_found
 from services.ingress.idempotency import ABANDONED_SECONDS, IdempotencyStore, check_key, fingerprint
-from services.ingress.readside import ReadSide
+from services.readside import ReadSide
 from services.ingress.requests import Resolved, resolve_job
 
 log = structlog.get_logger("ingress")

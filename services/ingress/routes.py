@@ -8,7 +8,6 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated
 
-import duckdb
 import msgspec
 
 from litestar import Controller, Request, Response, delete, get, post
@@ -43,7 +42,7 @@ from schemas.api import (
     SamplerInfo,
 )
 from schemas.catalog import SAMPLERS
-from ops import queries
+from services.readside import QueryFailed, queries
 from schemas.jobs import ImageMetadata, JobDocument, JobStatus
 from services.ingress import handlers
 from services.ingress.auth import Principal, token_from
@@ -363,7 +362,7 @@ class OpsRoutes(Controller):
             columns, rows, truncated = await readside.query(queries.run_query, data.sql, max_rows=data.max_rows)
         except queries.NotReadOnly as exc:
             raise ApiError(400, str(exc)) from None
-        except duckdb.Error as exc:
+        except QueryFailed as exc:
             raise ApiError(400, f"sql: {exc}") from None
         return OpsQueryResult(columns=columns, rows=[list(row) for row in rows], truncated=truncated)
 

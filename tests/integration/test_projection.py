@@ -15,9 +15,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ops import queries
+from services.readside import queries
 from ops.bench.synthetic import write_log
-from ops.projection import Projection
+from services.readside.projection import Projection
 from schemas.events import ImageDeleted
 
 SMALL_BATCHES = 64 * 1024
@@ -47,7 +47,7 @@ def test_a_catch_up_killed_mid_batch_resumes_to_what_a_rebuild_gives(tmp_path: P
     db = tmp_path / "analytics.duckdb"
     total = sum(len(path.read_bytes().splitlines()) for path in events.glob("*.jsonl"))
     # A real process killed with SIGKILL in the middle of its batches.
-    catching_up = subprocess.Popen([sys.executable, "-m", "ops.projection", str(db), str(events), str(SMALL_BATCHES)])
+    catching_up = subprocess.Popen([sys.executable, "-m", "services.readside.projection", str(db), str(events), str(SMALL_BATCHES)])
     wal = db.with_name(db.name + ".wal")
     deadline = time.monotonic() + 60
     while not (wal.exists() and wal.stat().st_size > 1_000_000) and catching_up.poll() is None:

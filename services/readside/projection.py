@@ -10,8 +10,9 @@ the gallery and ops queries.
 - Can always be rebuilt from scratch by replaying the log (`rebuild`).
 
 One process owns the file (DuckDB lets no other process open it while it is open for writing):
-the ingress, which also answers the queries. `python -m ops.projection DB EVENTS` catches a file
-up from the command line (tests use it to kill a catch-up mid-batch).
+the ingress, which hosts the read side (`services.readside.host`) and so answers the queries.
+`python -m services.readside.projection DB EVENTS` catches a file up from the command line (tests
+use it to kill a catch-up mid-batch).
 """
 
 from __future__ import annotations

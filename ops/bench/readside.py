@@ -181,8 +181,8 @@ JOB_COLUMNS = "id, status, model, mode, prompt, num_images, owner, created_at, s
 
 
 def _queries(cur, bare, truth: dict) -> list[Query]:
-    from services.readside import queries
     from ops.bench.synthetic import WORDS
+    from services.readside import queries
 
     admin, alice = queries.Scope(everyone=True), queries.Scope(owner="alice")
     now = cur.execute("SELECT max(updated_at) FROM jobs").fetchone()[0].replace(tzinfo=UTC)  # the log's end

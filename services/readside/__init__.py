@@ -2,7 +2,13 @@
 (`queries`), the retention janitor (`janitor`), and `ReadSide`, which hosts them in the ingress
 process (DuckDB allows one writer). Callers see read-side errors (`errors`), never DuckDB's."""
 
-from services.readside.errors import BadCursor, NotReadOnly, ProjectionFailed, QueryFailed, ReadSideError
+from services.readside.errors import (
+    BadCursor,
+    NotReadOnly,
+    ProjectionFailed,
+    QueryFailed,
+    ReadSideError,
+)
 from services.readside.host import ReadSide
 from services.readside.queries import Scope
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import duckdb
 import httpx
 
-from ops import queries
-from ops.projection import Projection
 from schemas.layout import DataLayout
 from schemas.settings import Settings
+from services.readside import queries
+from services.readside.projection import Projection
 
 
 class OpsError(RuntimeError):

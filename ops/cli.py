@@ -86,7 +86,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_analytics(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ops import analytics, queries
+    from ops import analytics
+    from services.readside import queries
 
     settings = _settings()
     try:

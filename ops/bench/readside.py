@@ -59,7 +59,7 @@ def _measure(work: Path, quick: bool) -> list[Measurement]:
     if ours["events"] != bare["events"]:
         raise RuntimeError(f"readside: the projection applied {ours['events']} events, the log holds {bare['events']}")
 
-    from ops.projection import Projection
+    from services.readside.projection import Projection
 
     projection = Projection(db, events)
     try:
@@ -180,8 +180,8 @@ JOB_COLUMNS = "id, status, model, mode, prompt, num_images, owner, created_at, s
 
 
 def _queries(cur, bare, truth: dict) -> list[Query]:
-    from ops import queries
     from ops.bench.synthetic import WORDS
+    from services.readside import queries
 
     admin, alice = queries.Scope(everyone=True), queries.Scope(owner="alice")
     now = cur.execute("SELECT max(updated_at) FROM jobs").fetchone()[0].replace(tzinfo=UTC)  # the log's end
@@ -280,7 +280,7 @@ def _timed(call: Callable[[int], object], rep: int) -> float:
 
 
 def _catch_up(db: Path, events: Path) -> int:
-    from ops.projection import Projection
+    from services.readside.projection import Projection
 
     projection = Projection(db, events)
     try:

@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 
 import structlog
 from litestar import Litestar
-from litestar.datastructures import State
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -18,22 +18,25 @@ from litestar.openapi.spec import Components, SecurityScheme
 from schemas.settings import Settings
 from schemas.topology import Topology
 from services import runtime
-from services.bus import Bus, BrokerUnavailable
+from services.bus import BrokerUnavailable, Bus
 from services.files import sweep_temp_files
+from services.ingress.auth import KeyStore, Limits
+from services.ingress.domain.files import JobFiles
+from services.ingress.domain.links import BusLink
 from services.ingress.errors import EXCEPTION_HANDLERS
-from services.ingress.handlers import Ingress
-from services.ingress.readside import ReadSide
+from services.ingress.idempotency import IdempotencyStore
 from services.ingress.routes import DEPENDENCIES, ROUTES
+from services.readside import ReadSide
 
 log = structlog.get_logger("ingress")
 
 
-async def keep_connected(ctx: Ingress) -> None:
+async def keep_connected(link: BusLink, settings: Settings) -> None:
     """Connect to the broker in the background; until then requests that need it get 503."""
-    url = ctx.settings.amqp_url or runtime.DEFAULT_AMQP_URL
+    url = settings.amqp_url or runtime.DEFAULT_AMQP_URL
     while True:
         try:
-            ctx.bus = await Bus.connect(url, Topology(ctx.settings.namespace), name="ingress", timeout=10)
+            link.bus = await Bus.connect(url, Topology(settings.namespace), name="ingress", timeout=10)
             log.info("connected to broker")
             return
         except BrokerUnavailable as exc:
@@ -42,37 +45,51 @@ async def keep_connected(ctx: Ingress) -> None:
 
 
 def create_app(settings: Settings) -> Litestar:
-    ctx = Ingress(settings=settings, catalog=runtime.catalog(settings), layout=runtime.layout(settings))
+    """The application; its state holds what routes depend on (see `routes.common.DEPENDENCIES`)."""
+    layout = runtime.layout(settings)
+    link = BusLink()
+    keys = KeyStore(layout.state_dir)
+    state = State({
+        "config": settings,
+        "catalog": runtime.catalog(settings),
+        "layout": layout,
+        "files": JobFiles(layout),
+        "keys": keys,
+        "limits": Limits(settings, layout.state_dir),
+        "idempotency": IdempotencyStore(layout.state_dir / "idempotency"),
+        "bus": link,
+        "readside": None,  # opened in the lifespan
+    })
     # Documents staged by an ingress that was killed mid-request: their jobs were never accepted.
-    sweep_temp_files([ctx.layout.staging_dir])
+    sweep_temp_files([layout.staging_dir])
     if settings.auth == "off":
         log.warning(
             "AUTH IS OFF: anyone who can reach this API can use it, see every job and image, and act as "
             "an admin. Use DARKROOM_AUTH=off only for a local sandbox.", host=settings.host,
             anonymous_rate=settings.anonymous_rate,
         )
-    elif ctx.keys.count() == 0:
+    elif keys.count() == 0:
         log.warning("no API keys yet: create one with `darkroom keys create --name ... [--admin]`")
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        ctx.connecting = asyncio.create_task(keep_connected(ctx))
-        ctx.readside = ReadSide(settings, ctx.layout)
-        background = [asyncio.create_task(ctx.readside.follow())]
+        connecting = asyncio.create_task(keep_connected(link, settings))
+        readside = app.state.readside = ReadSide(settings, layout)
+        background = [connecting, asyncio.create_task(readside.follow())]
         if settings.image_ttl > 0:
             log.info("retention janitor on", image_ttl_seconds=settings.image_ttl)
-            background.append(asyncio.create_task(ctx.readside.janitor(lambda: ctx.bus)))
+            background.append(asyncio.create_task(readside.run_janitor(lambda: link.bus)))
         try:
             yield
         finally:
-            for task in (ctx.connecting, *background):
+            for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if ctx.bus is not None:
-                await ctx.bus.close()
-            readside, ctx.readside = ctx.readside, None
+            if link.bus is not None:
+                await link.bus.close()
+            app.state.readside = None
             await asyncio.to_thread(readside.close)
 
     return Litestar(
@@ -80,7 +97,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        state=State({"ctx": ctx}),
+        state=state,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # services.logs already routes everything through structlog
         cors_config=CORSConfig(allow_origins=origins, allow_headers=["Authorization", "X-API-Key", "Content-Type",

@@ -27,7 +27,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from schemas.keys import ApiKey, keys_dir, split_token
 from schemas.settings import Settings
 from services.files import write_atomic
-from services.ingress.errors import ApiError
+from services.ingress.domain.errors import Forbidden, LimitReached, Unauthenticated
 
 log = structlog.get_logger("ingress")
 _key_decoder = msgspec.json.Decoder(ApiKey)
@@ -54,7 +54,7 @@ class Principal:
 
     def require_admin(self) -> None:
         if not self.admin:
-            raise ApiError(403, "this needs an admin key")
+            raise Forbidden("this needs an admin key")
 
 
 class KeyStore:
@@ -90,19 +90,28 @@ class KeyStore:
     def verify(self, token: str) -> ApiKey:
         parts = split_token(token)
         if parts is None:
-            raise ApiError(401, "invalid API key: expected a token like drk_<id>_<secret>", {"WWW-Authenticate": "Bearer"})
+            raise Unauthenticated("invalid API key: expected a token like drk_<id>_<secret>")
         self._refresh()
         key = self._keys.get(parts[0])
         if key is None or not key.matches(parts[1]):
-            raise ApiError(401, "invalid API key", {"WWW-Authenticate": "Bearer"})
+            raise Unauthenticated("invalid API key")
         if not key.active:
-            raise ApiError(401, "this API key was revoked", {"WWW-Authenticate": "Bearer"})
+            raise Unauthenticated("this API key was revoked")
         return key
 
     def count(self) -> int:
         self._checked = 0.0
         self._refresh()
         return len(self._keys)
+
+
+def authenticate(settings: Settings, keys: KeyStore, token: str | None, ip: str) -> Principal:
+    """The caller: anonymous when auth is off, else the key `token` names (401 without one)."""
+    if settings.auth == "off":
+        return Principal(key=None, ip=ip)
+    if not token:
+        raise Unauthenticated("missing API key: send Authorization: Bearer <token> or X-API-Key: <token>")
+    return Principal(key=keys.verify(token), ip=ip)
 
 
 def token_from(headers) -> str | None:
@@ -162,8 +171,8 @@ class Limits:
             stats = await self.limiter.get_window_stats(item, *self._identity(principal))
             wait = max(1, int(stats.reset_time - time.time()) + 1)
             who = "this key" if principal.key else "your address"
-            raise ApiError(429, f"rate limit reached: {item.amount} generation requests per {_per(item)} for {who}; "
-                                f"try again in {_duration(wait)}", {"Retry-After": str(wait)})
+            raise LimitReached(f"rate limit reached: {item.amount} generation requests per {_per(item)} for {who}; "
+                               f"try again in {_duration(wait)}", wait)
 
     async def count_request(self, principal: Principal) -> None:
         item = self.rate_for(principal)
@@ -198,12 +207,12 @@ class Limits:
             midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
             wait = int((midnight - now).total_seconds()) + 1
             used = self.images_today(principal)
-            raise ApiError(429, f"daily image quota reached: {used} of {daily} images used today (UTC), this job "
-                                f"asks for {images}; it resets in {_duration(wait)}", {"Retry-After": str(wait)})
+            raise LimitReached(f"daily image quota reached: {used} of {daily} images used today (UTC), this job "
+                               f"asks for {images}; it resets in {_duration(wait)}", wait)
         limit = self.queued_jobs_for(principal)
         if limit is not None and queued >= limit:
-            raise ApiError(429, f"too many jobs in the queue: {queued} pending or processing, the limit is {limit}; "
-                                "submit more when some finish", {"Retry-After": "10"})
+            raise LimitReached(f"too many jobs in the queue: {queued} pending or processing, the limit is {limit}; "
+                               "submit more when some finish", 10)
 
 
 def _per(item: RateLimitItem) -> str:

@@ -1,4 +1,5 @@
-"""Every error answer is JSON `{"status": "error", "message": ...}` with the right status code."""
+"""Every error answer is JSON `{"status": "error", "message": ...}` with the right status code: the
+one place where domain errors (and Litestar's, the broker's, the disk's) become HTTP answers."""
 
 from __future__ import annotations
 
@@ -7,32 +8,39 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from services.bus import BrokerUnavailable
+from services.ingress.domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    LimitReached,
+    NotFound,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 
 log = structlog.get_logger("ingress")
 
 RETRY_AFTER_BROKER = 5
-
-
-class ApiError(Exception):
-    """An answer other than success: status code, a message naming what was wrong, extra headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def not_found(kind: str, value: str) -> ApiError:
-    return ApiError(404, f"{kind} {value!r} not found")
+STATUS = {Invalid: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409, TooLarge: 413,
+          LimitReached: 429, Unavailable: 503}
 
 
 def _body(message: str) -> dict[str, str]:
     return {"status": "error", "message": message}
 
 
-def api_error(_: Request, exc: ApiError) -> Response:
-    return Response(_body(exc.message), status_code=exc.status, headers=exc.headers)
+def domain_error(request: Request, exc: DomainError) -> Response:
+    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), None)
+    if status is None:  # a DomainError with no status of its own is a bug
+        return internal_error(request, exc)
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, LimitReached | Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    return Response(_body(exc.message), status_code=status, headers=headers)
 
 
 def validation_error(_: Request, exc: ValidationException) -> Response:
@@ -53,7 +61,7 @@ def http_error(request: Request, exc: HTTPException) -> Response:
     elif exc.status_code == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
     elif exc.status_code == 413:
-        limit = request.app.state.ctx.settings.max_body_bytes
+        limit = request.app.state.config.max_body_bytes
         message = f"the request body is over the limit of {limit / 1e6:.1f} MB (DARKROOM_MAX_BODY_BYTES)"
     return Response(_body(message), status_code=exc.status_code, headers=headers)
 
@@ -79,12 +87,13 @@ def storage_error(request: Request, exc: OSError) -> Response:
 
 
 def internal_error(request: Request, exc: Exception) -> Response:
+    """Anything else, a read-side `QueryFailed` or `ProjectionFailed` among them."""
     log.exception("unhandled error", path=request.url.path)
     return Response(_body("internal error; it has been logged"), status_code=500)
 
 
 EXCEPTION_HANDLERS = {
-    ApiError: api_error,
+    DomainError: domain_error,
     ValidationException: validation_error,
     HTTPException: http_error,
     BrokerUnavailable: broker_error,

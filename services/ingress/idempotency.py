@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from services.files import create_file
-from services.ingress.errors import ApiError
+from services.ingress.domain.errors import Conflict, Invalid
 
 TTL_SECONDS = 24 * 3600
 # A claim whose job never appears (the ingress died mid-request) is given up after this.
@@ -26,7 +26,7 @@ class Claim(msgspec.Struct, frozen=True):
 
 def check_key(key: str) -> str:
     if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise ApiError(400, "Idempotency-Key must be 1-255 printable characters")
+        raise Invalid("Idempotency-Key must be 1-255 printable characters")
     return key
 
 
@@ -43,7 +43,7 @@ class IdempotencyStore:
 
     def claim(self, owner: str | None, key: str, print_: str, job_id: str) -> Claim | None:
         """Claim `key` for a new job; None when claimed now, else the earlier claim (same body).
-        A different body under a live key is a 409."""
+        A different body under a live key is a Conflict."""
         path = self._path(owner, key)
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
@@ -59,9 +59,9 @@ class IdempotencyStore:
                     path.unlink(missing_ok=True)
                     continue
                 if earlier.fingerprint != print_:
-                    raise ApiError(409, "Idempotency-Key was already used with a different request body")
+                    raise Conflict("Idempotency-Key was already used with a different request body")
                 return earlier
-        raise ApiError(409, "Idempotency-Key is being used by a concurrent request; retry shortly")
+        raise Conflict("Idempotency-Key is being used by a concurrent request; retry shortly")
 
     def release(self, owner: str | None, key: str) -> None:
         """The job was not accepted after all: the key is free again."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from services.ingress.errors import ApiError
+from services.ingress.domain.errors import DomainError, Invalid, TooLarge
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_ENCODED_BYTES = 15 * 1024 * 1024
@@ -27,40 +27,40 @@ class InputImage:
 
 
 def decode_base64(field: str, text: str) -> bytes:
-    """Base64 (standard or URL-safe, with or without a data: URL prefix) to bytes, or a 400."""
+    """Base64 (standard or URL-safe, with or without a data: URL prefix) to bytes, or Invalid (TooLarge past the limit)."""
     if text.startswith("data:"):
         _, _, text = text.partition(",")
     text = "".join(text.split())
     if len(text) > MAX_ENCODED_BYTES * 4 // 3 + 4:
-        raise ApiError(413, f"{field} is larger than {MAX_ENCODED_BYTES // (1024 * 1024)} MB")
+        raise TooLarge(f"{field} is larger than {MAX_ENCODED_BYTES // (1024 * 1024)} MB")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if "-" in text or "_" in text else None, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"{field} is not valid base64") from None
+        raise Invalid(f"{field} is not valid base64") from None
 
 
 def load_image(field: str, data: bytes, *, max_width: int, max_height: int, mode: str) -> InputImage:
-    """Open, bound and normalize an image; every failure is a 400 naming `field`."""
+    """Open, bound and normalize an image; every failure is Invalid, naming `field`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.format not in FORMATS:
-                raise ApiError(400, f"{field} must be PNG, JPEG or WebP, got {image.format or 'an unknown format'}")
+                raise Invalid(f"{field} must be PNG, JPEG or WebP, got {image.format or 'an unknown format'}")
             # The header alone says the size: refuse oversized images before decoding any pixel.
             if image.width > max_width or image.height > max_height:
-                raise ApiError(
-                    400, f"{field} is {image.width}x{image.height}; the model accepts at most {max_width}x{max_height}"
+                raise Invalid(
+                    f"{field} is {image.width}x{image.height}; the model accepts at most {max_width}x{max_height}"
                 )
             image.load()
-    except ApiError:
+    except DomainError:
         raise
     except UnidentifiedImageError:
-        raise ApiError(400, f"{field} is not an image Darkroom can read (PNG, JPEG or WebP)") from None
+        raise Invalid(f"{field} is not an image Darkroom can read (PNG, JPEG or WebP)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(400, f"{field} has too many pixels to decode safely") from None
+        raise Invalid(f"{field} has too many pixels to decode safely") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(400, f"{field} is damaged and cannot be decoded: {exc}") from None
+        raise Invalid(f"{field} is damaged and cannot be decoded: {exc}") from None
     converted = image.convert(mode)
     buffer = io.BytesIO()
     converted.save(buffer, format="PNG")

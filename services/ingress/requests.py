@@ -1,5 +1,5 @@
 """From a JobRequest to a JobSpec: every check against the catalog, the LoRA library and the
-limits, every default filled in, the seed chosen. Errors are ApiErrors naming the field."""
+limits, every default filled in, the seed chosen. Errors are `Invalid`, naming the field."""
 
 from __future__ import annotations
 
@@ -11,11 +11,17 @@ import msgspec
 
 from schemas.api import JobRequest
 from schemas.catalog import SAMPLERS, Catalog, ModelDefaults, ModelEntry
-from schemas.jobs import GenerationSettings, HiresSettings, JobDocument, JobSpec, LoraRef
+from schemas.jobs import (
+    GenerationSettings,
+    HiresSettings,
+    JobDocument,
+    JobSpec,
+    LoraRef,
+)
 from schemas.layout import DataLayout, lora_file, lora_names, split_image_id
 from schemas.settings import Settings
 from services.ingress.auth import Principal
-from services.ingress.errors import ApiError
+from services.ingress.domain.errors import Invalid
 from services.ingress.images import InputImage, decode_base64, load_image
 
 MAX_IMAGES = 8
@@ -41,8 +47,8 @@ class Resolved:
     inputs: Inputs
 
 
-def _bad(message: str) -> ApiError:
-    return ApiError(400, message)
+def _bad(message: str) -> Invalid:
+    return Invalid(message)
 
 
 def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layout: DataLayout,

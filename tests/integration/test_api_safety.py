@@ -36,7 +36,7 @@ def bearer(token: str) -> dict[str, str]:
 async def client(secured, bus):
     settings, _ = secured
     async with AsyncTestClient(app=create_app(settings)) as client:
-        await wait_for(lambda: client.app.state.ctx.bus is not None, what="ingress connected")
+        await wait_for(lambda: client.app.state.bus.connected, what="ingress connected")
         yield client
 
 
@@ -134,7 +134,7 @@ async def test_rate_limits_per_key_with_retry_after_and_overrides(client, secure
 async def test_anonymous_callers_are_limited_per_address(settings, bus):
     sandbox = msgspec.structs.replace(settings, auth="off", anonymous_rate="2/hour")
     async with AsyncTestClient(app=create_app(sandbox)) as client:
-        await wait_for(lambda: client.app.state.ctx.bus is not None)
+        await wait_for(lambda: client.app.state.bus.connected)
         answers = [await client.post("/v1/jobs", json={"prompt": f"anon {n}"}) for n in range(3)]
     assert [a.status_code for a in answers] == [202, 202, 429]
     assert "2 generation requests per hour for your address" in answers[2].json()["message"]
@@ -164,7 +164,7 @@ async def test_queued_jobs_quota_counts_what_is_pending_or_processing(secured, b
     layout = DataLayout(settings.data_dir)
     async with running(recorder_main, settings, "recorder", bus):
         async with AsyncTestClient(app=create_app(settings)) as client:
-            await wait_for(lambda: client.app.state.ctx.bus is not None)
+            await wait_for(lambda: client.app.state.bus.connected)
             first = [(await client.post("/v1/jobs", json={"prompt": f"q{n}"}, headers=alice)) for n in range(2)]
             assert [a.status_code for a in first] == [202, 202]
             await wait_for(lambda: layout.queue_file.exists() and len(layout.queue_file.read_text().split()) == 2,
@@ -180,7 +180,7 @@ async def test_a_body_over_the_limit_is_413(secured, bus):
     settings, tokens = secured
     small = msgspec.structs.replace(settings, max_body_bytes=10_000)
     async with AsyncTestClient(app=create_app(small)) as client:
-        await wait_for(lambda: client.app.state.ctx.bus is not None)
+        await wait_for(lambda: client.app.state.bus.connected)
         big = base64.b64encode(b"x" * 20_000).decode()
         answer = await client.post("/v1/jobs", json={"prompt": "x", "init_image": big}, headers=bearer(tokens["alice"]))
     assert answer.status_code == 413 and answer.json()["status"] == "error"

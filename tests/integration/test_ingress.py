@@ -15,7 +15,7 @@ from tests.support import wait_for
 @pytest.fixture
 async def client(settings, bus):
     async with AsyncTestClient(app=create_app(settings)) as client:
-        await wait_for(lambda: client.app.state.ctx.bus is not None, what="ingress connected")
+        await wait_for(lambda: client.app.state.bus.connected, what="ingress connected")
         yield client
 
 
@@ -44,6 +44,7 @@ async def test_submit_is_durable_and_readable_at_once(client, settings, tap):
         ({"prompt": "x", "settings": {"width": 100}}, "settings.width must be a multiple of 8, got 100"),
         ({"prompt": "x", "settings": {"width": "wide"}}, "settings.width: Expected `int | null`, got `str`"),
         ({"prompt": "x", "steps": 3}, "Object contains unknown field `steps`"),
+        ({"prompt": "x", "settings": {"steps": 3}}, "settings: Object contains unknown field `steps`"),
         ({"prompt": "x", "model": "nope"}, "model: unknown model 'nope'; valid models: tiny-sd"),
         ({"negative_prompt": "x"}, "Object missing required field `prompt`"),
         ({"prompt": "x" * 501}, "prompt is 501 characters; the limit is 500"),

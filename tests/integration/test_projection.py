@@ -15,10 +15,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ops import queries
 from ops.bench.synthetic import write_log
-from ops.projection import Projection
 from schemas.events import ImageDeleted
+from services.readside import queries
+from services.readside.projection import Projection
 
 SMALL_BATCHES = 64 * 1024
 
@@ -47,7 +47,7 @@ def test_a_catch_up_killed_mid_batch_resumes_to_what_a_rebuild_gives(tmp_path: P
     db = tmp_path / "analytics.duckdb"
     total = sum(len(path.read_bytes().splitlines()) for path in events.glob("*.jsonl"))
     # A real process killed with SIGKILL in the middle of its batches.
-    catching_up = subprocess.Popen([sys.executable, "-m", "ops.projection", str(db), str(events), str(SMALL_BATCHES)])
+    catching_up = subprocess.Popen([sys.executable, "-m", "services.readside.projection", str(db), str(events), str(SMALL_BATCHES)])
     wal = db.with_name(db.name + ".wal")
     deadline = time.monotonic() + 60
     while not (wal.exists() and wal.stat().st_size > 1_000_000) and catching_up.poll() is None:
@@ -138,3 +138,24 @@ def test_job_lists_page_newest_first_by_cursor(tmp_path: Path):
     assert failed and all(job["status"] == "failed" and job["error"] for job in failed)
     with pytest.raises(queries.BadCursor):
         queries.list_jobs(cur, queries.Scope(everyone=True), cursor="not-a-cursor")
+
+
+def test_a_deletion_in_the_batch_of_its_jobs_completion_still_deletes_the_row(tmp_path: Path):
+    """job.completed lists images already applied; an image.deleted folded with it must still mark
+    the row that is already in the table (not only the copy the batch would insert)."""
+    events = tmp_path / "events"
+    write_log(events, 1, active=0, failure_rate=0, cancel_rate=0)
+    [path] = events.glob("*.jsonl")
+    lines = path.read_bytes().splitlines(keepends=True)
+    split = next(i for i, line in enumerate(lines) if b'"type":"job.completed"' in line)
+    image = json.loads(lines[split])["images"][0]["id"]
+    path.write_bytes(b"".join(lines[:split]))
+    projection = Projection(tmp_path / "analytics.duckdb", events)
+    projection.catch_up()
+    assert projection.con.execute("SELECT count(*) FROM images WHERE deleted_at IS NULL").fetchone()[0] == 1
+    deletion = msgspec.json.encode(ImageDeleted(job_id=image.rsplit("_", 1)[0], image_id=image))
+    with path.open("ab") as log:
+        log.write(b"".join(lines[split:]) + deletion + b"\n")
+    projection.catch_up()
+    assert projection.con.execute("SELECT deleted_reason FROM images WHERE id = ?", [image]).fetchone() == ("deleted",)
+    projection.close()

@@ -23,7 +23,7 @@ from tests.support import running, wait_for
 
 
 async def caught_up(client: AsyncTestClient) -> None:
-    readside = client.app.state.ctx.readside
+    readside = client.app.state.readside
 
     def done() -> bool:
         return readside is not None and readside.projection.pending_bytes() == 0 and readside.projection.position.events > 0
@@ -155,7 +155,7 @@ async def test_deleting_an_image_removes_its_files_its_row_and_its_place_in_the_
         assert (await client.delete(f"/v1/images/{first.id}")).status_code == 404
 
         def gallery_ids() -> list[str]:
-            return [row[0] for row in client.app.state.ctx.readside.projection.con.execute(
+            return [row[0] for row in client.app.state.readside.projection.con.execute(
                 "SELECT id FROM images WHERE deleted_at IS NULL").fetchall()]
 
         await wait_for(lambda: gallery_ids() == [completed.images[1].id], what="the row to go")
@@ -179,7 +179,7 @@ async def test_the_janitor_expires_images_past_their_time_to_live(settings, bus,
         expired = await tap.wait(ImageExpired, job, count=2, timeout=30)
         assert {event.image_id for event in expired} == {image.id for image in completed.images}
         assert not any(path.exists() for path in files)
-        projection = client.app.state.ctx.readside.projection
+        projection = client.app.state.readside.projection
         await wait_for(lambda: projection.con.execute(
             "SELECT count(*) FROM images WHERE deleted_reason = 'expired'").fetchone()[0] == 2, what="rows expired")
         assert (await client.get("/v1/gallery")).json()["total"] == 0

@@ -102,14 +102,15 @@ async def test_a_job_with_heartbeats_is_left_alone(settings, bus, tap):
 
 
 async def test_reset_stalled_resets_only_the_silent_jobs(settings, bus, tap):
-    """The ingress's handler asks the reaper over the broker (the HTTP route is covered e2e:
+    """The ingress's domain command asks the reaper over the broker (the HTTP route is covered e2e:
     Litestar's test client would block this test's loop, where the reaper runs)."""
-    from services.ingress import handlers
-    from services.runtime import catalog
+    from services.ingress.auth import Principal
+    from services.ingress.domain.links import BusLink
+    from services.ingress.domain.queue import reset_stalled
 
     write_doc(settings, JOB)
     write_doc(settings, OTHER)
-    ctx = handlers.Ingress(settings=settings, catalog=catalog(settings), layout=DataLayout(settings.data_dir), bus=bus)
+    link, admin = BusLink(bus), Principal(key=None, ip="127.0.0.1")
     async with running(reaper_main, settings, "reaper", bus):  # stall timeout 30 s: no sweep on its own
         await stand_in_generator(bus)
         await bus.publish(JobStarted(job_id=JOB, worker="w-silent"))
@@ -117,15 +118,15 @@ async def test_reset_stalled_resets_only_the_silent_jobs(settings, bus, tap):
         for _ in range(8):
             await bus.publish(WorkerHeartbeat(job_id=OTHER, worker="w-busy"))
             await asyncio.sleep(0.25)
-        assert (await handlers.reset_stalled(ctx, None)).reset_count == 0, "nothing silent for 30 s"
-        result = await handlers.reset_stalled(ctx, 1.0)
+        assert (await reset_stalled(None, admin, bus=link)).reset_count == 0, "nothing silent for 30 s"
+        result = await reset_stalled(1.0, admin, bus=link)
     assert (result.reset_count, result.failed_count, result.job_ids) == (1, 0, [JOB])
     assert [e.job_id for e in tap.of(JobRequeued)] == [JOB]
 
 
 async def test_reset_stalled_without_a_reaper_is_a_clear_503(settings, bus):
     async with AsyncTestClient(app=create_app(settings)) as client:
-        await wait_for(lambda: client.app.state.ctx.bus is not None)
+        await wait_for(lambda: client.app.state.bus.connected)
         answer = await client.post("/v1/queue/reset-stalled")
     assert answer.status_code == 503 and "the reaper did not answer" in answer.json()["message"]
 
@@ -243,7 +244,7 @@ async def test_an_unwritable_image_folder_fails_the_job_and_the_saver_carries_on
 async def test_an_unwritable_data_dir_is_a_503_and_nothing_is_left_behind(settings, bus):
     layout = DataLayout(settings.data_dir)
     async with AsyncTestClient(app=create_app(settings)) as client:
-        await wait_for(lambda: client.app.state.ctx.bus is not None)
+        await wait_for(lambda: client.app.state.bus.connected)
         shutil.rmtree(layout.jobs_dir)
         layout.jobs_dir.write_text("not a folder")
         answer = await client.post("/v1/jobs", json={"prompt": "x"})
@@ -256,7 +257,7 @@ async def test_an_unwritable_data_dir_is_a_503_and_nothing_is_left_behind(settin
 
 async def test_idempotency_key_returns_the_same_job(settings, bus, tap):
     async with AsyncTestClient(app=create_app(settings)) as client:
-        await wait_for(lambda: client.app.state.ctx.bus is not None)
+        await wait_for(lambda: client.app.state.bus.connected)
         headers = {"Idempotency-Key": "order-42"}
         first = await client.post("/v1/jobs", json={"prompt": "a fox"}, headers=headers)
         again = await client.post("/v1/jobs", json={"prompt": "a fox"}, headers=headers)

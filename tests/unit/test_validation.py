@@ -14,7 +14,7 @@ from schemas.api import JobRequest, LoraInput, SettingsInput
 from schemas.catalog import parse_catalog
 from schemas.layout import DataLayout
 from schemas.settings import Settings
-from services.ingress.errors import ApiError
+from services.ingress.domain.errors import Invalid
 from services.ingress.requests import resolve_job
 
 CATALOG = parse_catalog(
@@ -127,14 +127,13 @@ def test_ignored_fields_are_said_not_silently_dropped():
     ],
 )
 def test_bad_requests_name_what_is_wrong(fields, message):
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Invalid) as caught:
         resolve(**fields)
-    assert caught.value.status == 400
     assert message in caught.value.message
 
 
 def test_a_model_over_its_own_limits_is_refused():
-    with pytest.raises(ApiError, match="settings.width 2048 is over the limit of 1536 for model 'big'"):
+    with pytest.raises(Invalid, match="settings.width 2048 is over the limit of 1536 for model 'big'"):
         resolve(model="big", settings={"width": 2048})
 
 

@@ -1,6 +1,9 @@
 """Read-side queries over the DuckDB projection: queue statistics, job lists, the gallery, queue
 positions, and operators' ad-hoc SQL. Each takes a cursor (one per thread) and plain values;
 `owner` limits rows to one tenant (None with `everyone=True` means no limit, for admins).
+
+These run on a bare cursor (the ingress's read side runs them in worker threads and translates
+DuckDB's errors; `darkroom ops` runs them on a projection it opened itself).
 """
 
 from __future__ import annotations
@@ -13,14 +16,12 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import msgspec
 
+from services.readside.errors import BadCursor, NotReadOnly
+
 COUNTED = ("pending", "processing", "completed", "failed", "cancelled")
 MAX_PAGE = 50
 MAX_QUERY_ROWS = 10_000
 QUERY_SECONDS = 30.0
-
-
-class BadCursor(ValueError):
-    """A pagination cursor that this server did not hand out."""
 
 
 @dataclass(frozen=True)
@@ -260,10 +261,6 @@ def export_parquet(cur: duckdb.DuckDBPyConnection, folder: str) -> list[str]:
 def _quote(path: str) -> str:
     return path.replace("'", "''")
 
-
-
-class NotReadOnly(ValueError):
-    """`darkroom ops query` accepts only SELECT statements."""
 
 
 def check_read_only(sql: str) -> None:

@@ -10,8 +10,9 @@ the gallery and ops queries.
 - Can always be rebuilt from scratch by replaying the log (`rebuild`).
 
 One process owns the file (DuckDB lets no other process open it while it is open for writing):
-the ingress, which also answers the queries. `python -m ops.projection DB EVENTS` catches a file
-up from the command line (tests use it to kill a catch-up mid-batch).
+the ingress, which hosts the read side (`services.readside.host`) and so answers the queries.
+`python -m services.readside.projection DB EVENTS` catches a file up from the command line (tests
+use it to kill a catch-up mid-batch).
 """
 
 from __future__ import annotations
@@ -317,10 +318,11 @@ class Projection:
             # Only the image row changes: a job row must not depend on whether its document
             # happened to be in memory (a document rebuilt from its row has no image list).
             gone = (event.occurred_at, "expired" if isinstance(event, ImageExpired) else "deleted")
-            if event.image_id in images:  # saved earlier in this batch: insert it as deleted
+            if event.image_id in images:  # listed earlier in this batch: insert it as deleted
                 images[event.image_id] = images[event.image_id][:-2] + gone
-            else:
-                removed[event.image_id] = gone
+            # And mark the row if it is in the table already: job.completed lists images an earlier
+            # batch inserted, so being listed in this batch does not mean the row is new.
+            removed[event.image_id] = gone
             return
         doc = self._docs.get(event.job_id)
         new = apply_event(doc, event)

@@ -1,0 +1,102 @@
+"""What operators ask of the running ingress: health, metrics, and the projection's admin queries
+(`darkroom ops` calls these while the ingress holds the DuckDB file)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+
+from schemas.api import (
+    ExportAnswer,
+    Health,
+    OpsQueryResult,
+    OpsStats,
+    ProjectionStatus,
+    QueueStats,
+    RebuildAnswer,
+)
+from schemas.layout import DataLayout
+from services.ingress.auth import Principal
+from services.ingress.domain.errors import Invalid
+from services.ingress.domain.links import BusLink
+from services.readside import NotReadOnly, QueryFailed, ReadSide, Scope, queries
+
+EVERYONE = Scope(everyone=True)
+
+
+async def health(*, bus: BusLink, layout: DataLayout, readside: ReadSide | None) -> Health:
+    """Broker, data directory and workers: `ok`, `degraded` (no generator) or `unavailable`."""
+    broker_ok = bus.connected
+    data_ok = await asyncio.to_thread(os.access, layout.base, os.W_OK)
+    generators = 0
+    if broker_ok:
+        try:
+            generators = await bus.require().consumer_count("generator")
+        except Exception:  # noqa: BLE001 - a failed probe means "not known to be healthy"
+            broker_ok = False
+    status = "unavailable" if not (broker_ok and data_ok) else "ok" if generators else "degraded"
+    return Health(
+        status=status,
+        broker="connected" if broker_ok else "unreachable",
+        data_dir="writable" if data_ok else "not writable",
+        generators=generators,
+        projection=await projection_status(readside) if readside is not None else None,
+    )
+
+
+async def projection_status(readside: ReadSide) -> ProjectionStatus:
+    return msgspec.convert(await asyncio.to_thread(readside.status), ProjectionStatus)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What GET /metrics reports: the projection's state and jobs by status (every tenant's)."""
+
+    projection: ProjectionStatus
+    jobs: dict[str, int]
+
+
+async def metrics(principal: Principal, *, readside: ReadSide) -> Metrics:
+    principal.require_admin()
+    projection = await projection_status(readside)
+    stats = await readside.query(queries.queue_stats, EVERYONE)
+    return Metrics(projection=projection, jobs={name: stats[name] for name in queries.COUNTED})
+
+
+async def ops_stats(principal: Principal, *, readside: ReadSide) -> OpsStats:
+    principal.require_admin()
+    stats = await readside.query(queries.detailed_stats, EVERYONE)
+    return OpsStats(queue=msgspec.convert(stats, QueueStats), projection=await projection_status(readside))
+
+
+async def run_sql(sql: str, max_rows: int, principal: Principal, *, readside: ReadSide) -> OpsQueryResult:
+    """SELECT statements only, in a read-only transaction, stopped after 30 s; at most `max_rows`."""
+    principal.require_admin()
+    try:
+        columns, rows, truncated = await readside.query(queries.run_query, sql, max_rows=max_rows)
+    except NotReadOnly as exc:
+        raise Invalid(str(exc)) from None
+    except QueryFailed as exc:
+        raise Invalid(f"sql: {exc}") from None
+    return OpsQueryResult(columns=columns, rows=[list(row) for row in rows], truncated=truncated)
+
+
+async def rebuild(principal: Principal, *, readside: ReadSide) -> RebuildAnswer:
+    principal.require_admin()
+    started = time.monotonic()
+    events = await readside.rebuild()
+    return RebuildAnswer(events=events, seconds=round(time.monotonic() - started, 3))
+
+
+async def export(principal: Principal, *, readside: ReadSide, layout: DataLayout) -> ExportAnswer:
+    """jobs.parquet and images.parquet in a new folder under the data directory's `exports/`."""
+    principal.require_admin()
+    folder = layout.exports_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    files = await readside.query(queries.export_parquet, str(folder))
+    return ExportAnswer(folder=str(folder), files=files)

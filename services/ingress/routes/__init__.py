@@ -1,0 +1,19 @@
+"""HTTP routes, one Controller per resource: each decodes the request, calls the domain
+(`services.ingress.domain`) and shapes the answer. No business logic here; errors are mapped in
+`services.ingress.errors`."""
+
+from services.ingress.routes.account import QuotaRoutes
+from services.ingress.routes.common import DEPENDENCIES
+from services.ingress.routes.gallery import GalleryRoutes
+from services.ingress.routes.images import ImageRoutes
+from services.ingress.routes.jobs import JobRoutes
+from services.ingress.routes.models import ModelRoutes
+from services.ingress.routes.ops import OpsRoutes
+from services.ingress.routes.prompts import EnrichRoutes
+from services.ingress.routes.queue import QueueRoutes
+from services.ingress.routes.service import ServiceRoutes
+
+ROUTES = [JobRoutes, ImageRoutes, GalleryRoutes, QueueRoutes, ModelRoutes, QuotaRoutes, EnrichRoutes, OpsRoutes,
+          ServiceRoutes]
+
+__all__ = ["DEPENDENCIES", "ROUTES"]

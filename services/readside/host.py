@@ -1,0 +1,101 @@
+"""The read side as one object the ingress hosts. DuckDB lets one process open the projection for
+writing and no other process open it at all, so the ingress owns it: it follows the event log
+(watchfiles wakes it, a periodic check backs that up), answers queries in worker threads, and runs
+the retention janitor. DuckDB's errors are translated here (`services.readside.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC
+from typing import TypeVar
+
+import duckdb
+import structlog
+from watchfiles import awatch
+
+from schemas.layout import DataLayout
+from schemas.settings import Settings
+from services.bus import Bus
+from services.readside.errors import ProjectionFailed, QueryFailed, ReadSideError
+from services.readside.janitor import Janitor
+from services.readside.projection import Projection
+
+log = structlog.get_logger("ingress")
+T = TypeVar("T")
+RECHECK_MS = 1000  # watchfiles may miss an append (e.g. on some network filesystems): look anyway
+
+
+class ReadSide:
+    """The projection, kept current, and the queries over it."""
+
+    def __init__(self, settings: Settings, layout: DataLayout):
+        self.settings = settings
+        self.layout = layout
+        layout.events_dir.mkdir(parents=True, exist_ok=True)
+        self.projection = Projection(layout.analytics_db, layout.events_dir)
+        self.janitor = Janitor(self, layout, settings.image_ttl)
+        self._applying = threading.Lock()  # one catch-up (or rebuild) at a time
+
+    def close(self) -> None:
+        with self._applying:
+            self.projection.close()
+
+    async def query(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run `fn(cursor, ...)` in a worker thread on a cursor of its own. DuckDB's errors come
+        out as `QueryFailed`; the queries' own errors (`BadCursor`, `NotReadOnly`) as they are."""
+        def run() -> T:
+            try:
+                with self.projection.cursor() as cur:
+                    return fn(cur, *args, **kwargs)
+            except duckdb.Error as exc:
+                raise QueryFailed(str(exc)) from exc
+
+        return await asyncio.to_thread(run)
+
+    async def catch_up(self) -> int:
+        return await asyncio.to_thread(self._locked, self.projection.catch_up)
+
+    async def rebuild(self) -> int:
+        return await asyncio.to_thread(self._locked, self.projection.rebuild)
+
+    def _locked(self, apply: Callable[[], int]) -> int:
+        with self._applying:
+            try:
+                return apply()
+            except duckdb.Error as exc:
+                raise ProjectionFailed(str(exc)) from exc
+
+    def status(self) -> dict:
+        position = self.projection.position
+        return {
+            "events_applied": position.events,
+            "pending_bytes": self.projection.pending_bytes(),
+            "lag_seconds": self.projection.lag_seconds(),
+            "last_event_at": position.last_event_at.replace(tzinfo=UTC) if position.last_event_at else None,
+        }
+
+    async def follow(self) -> None:
+        """Apply the log as it grows, for as long as the ingress runs."""
+        started = time.monotonic()
+        applied = await self._catch_up_logged()
+        log.info("projection caught up", events=applied, seconds=round(time.monotonic() - started, 2),
+                 position=self.projection.position.events)
+        async for _ in awatch(self.layout.events_dir, debounce=20, step=20, rust_timeout=RECHECK_MS,
+                              yield_on_timeout=True):
+            await self._catch_up_logged()
+
+    async def _catch_up_logged(self) -> int:
+        try:
+            return await self.catch_up()
+        except (ReadSideError, OSError) as exc:  # e.g. disk full: try again on the next wake-up
+            log.error("projection catch-up failed", error=str(exc))
+            await asyncio.sleep(1)
+            return 0
+
+    async def run_janitor(self, bus_of: Callable[[], Bus | None]) -> None:
+        """Delete images older than DARKROOM_IMAGE_TTL: `image.expired`, then the files."""
+        await self.janitor.run(bus_of)

@@ -127,20 +127,27 @@ class JobFiles:
 
     # Outcomes: one claim per job, made by whoever ends it first on this data directory.
 
-    def claim_outcome(self, job_id: str, outcome: str) -> str:
-        """Claim that the job ended with `outcome` (`completed` or `cancelled`); returns the
-        outcome that holds: ours if we were first, else the one claimed before."""
-        path = self.layout.jobs_dir / ".outcomes" / job_id
+    def claim_outcome(self, job_id: str, outcome: str) -> bool:
+        """Claim that the job ended with `outcome` (`completed` or `cancelled`): True when the
+        claim is ours, False when someone claimed an outcome first (`outcome` says which)."""
         try:
-            create_file(path, outcome.encode())
-            return outcome
+            create_file(self._outcome_path(job_id), outcome.encode())
+            return True
         except FileExistsError:
-            return self.outcome(job_id) or outcome
+            return False
+
+    def unclaim_outcome(self, job_id: str, outcome: str) -> None:
+        """Withdraw our claim (its announcement failed), if it still says `outcome`."""
+        if self.outcome(job_id) == outcome:
+            self._outcome_path(job_id).unlink(missing_ok=True)
+
+    def _outcome_path(self, job_id: str) -> Path:
+        return self.layout.jobs_dir / ".outcomes" / job_id
 
     def outcome(self, job_id: str) -> str | None:
         """The claimed outcome of a job, or None while nobody has ended it."""
         try:
-            return (self.layout.jobs_dir / ".outcomes" / job_id).read_text() or None
+            return self._outcome_path(job_id).read_text() or None
         except FileNotFoundError:
             return None
 
@@ -227,6 +234,20 @@ class JobFiles:
             return _record_decoder.decode(paths.sidecar.read_bytes())
         except FileNotFoundError:
             return None
+
+
+def decode_head(data: bytes) -> JobHead:
+    """The head (id, status, created_at, owner) of a stored job document."""
+    return _head_decoder.decode(data)
+
+
+def encode_document(doc: JobDocument) -> bytes:
+    return _encoder.encode(doc)
+
+
+def decode_record(data: bytes) -> ImageRecord:
+    """A stored image sidecar."""
+    return _record_decoder.decode(data)
 
 
 def decode_document(data: bytes) -> JobDocument:

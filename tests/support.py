@@ -29,6 +29,18 @@ async def wait_for(condition: Callable[[], T], timeout: float = 15.0, interval: 
         await asyncio.sleep(interval)
 
 
+async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> T:
+    """Await `probe()` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}")
+        await asyncio.sleep(interval)
+
+
 def wait_for_sync(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
     deadline = time.monotonic() + timeout
     while True:

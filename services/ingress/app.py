@@ -20,11 +20,12 @@ from schemas.topology import Topology
 from services import runtime
 from services.bus import BrokerUnavailable, Bus
 from services.files import sweep_temp_files
-from services.ingress.auth import KeyStore, Limits
+from services.ingress.auth import KeyStore
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.errors import EXCEPTION_HANDLERS
 from services.ingress.idempotency import IdempotencyStore
+from services.ingress.limits import Limits
 from services.ingress.routes import DEPENDENCIES, ROUTES
 from services.readside import ReadSide
 
@@ -49,13 +50,14 @@ def create_app(settings: Settings) -> Litestar:
     layout = runtime.layout(settings)
     link = BusLink()
     keys = KeyStore(layout.state_dir)
+    files = JobFiles(layout)
     state = State({
         "config": settings,
         "catalog": runtime.catalog(settings),
         "layout": layout,
-        "files": JobFiles(layout),
+        "files": files,
         "keys": keys,
-        "limits": Limits(settings, layout.state_dir),
+        "limits": Limits(settings, layout.state_dir, job_ended=files.job_ended),
         "idempotency": IdempotencyStore(layout.state_dir / "idempotency"),
         "bus": link,
         "readside": None,  # opened in the lifespan

@@ -1,37 +1,28 @@
 """Who is calling, what they may see, and how much they may ask for.
 
-- Keys come from `state/keys/` (written by `darkroom keys`), reloaded when that folder changes, so
-  a revocation takes effect within a second. Sent as `Authorization: Bearer <token>` or
+- Keys come from `state/keys/` (written by `darkroom keys`), one file a key, read when a key is
+  first used and checked again at most once a second, so a new key works at once and a
+  revocation takes effect within a second. Sent as `Authorization: Bearer <token>` or
   `X-API-Key: <token>`.
 - Tenancy: a job belongs to the key that made it; others get 404 for it. Admin keys see all.
-- Rate limits (generation requests per period) per key, or per IP without a key, counted with
-  the `limits` library's moving window. Litestar's own rate-limit middleware has one rate for all
-  callers, and keys need their own.
-- Quotas per key: images per UTC day (persisted, so a restart does not reset them) and jobs
-  pending or processing at once.
+- Rate limits and quotas are `services.ingress.limits` (reserved atomically at submit).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import structlog
-from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from schemas.keys import ApiKey, keys_dir, split_token
 from schemas.settings import Settings
-from services.files import write_atomic
-from services.ingress.domain.errors import Forbidden, LimitReached, Unauthenticated
+from services.ingress.domain.errors import Forbidden, Unauthenticated
 
 log = structlog.get_logger("ingress")
 _key_decoder = msgspec.json.Decoder(ApiKey)
-UNLIMITED = "Infinity"  # how the weights.gg quota shape says "no limit"
 
 
 @dataclass(frozen=True)
@@ -57,42 +48,50 @@ class Principal:
             raise Forbidden("this needs an admin key")
 
 
+class _Cached(msgspec.Struct):
+    key: ApiKey
+    mtime_ns: int
+    checked: float
+
+
 class KeyStore:
-    """The keys on disk, reloaded (at most once a second) when their folder changes."""
+    """The keys on disk, read one file at a time: a key is looked up by its id the first time it
+    is used (so a key made a moment ago works on its very next request), and its file is checked
+    again at most once a second (so a revocation or a limit change applies within a second).
+    No request ever waits for the whole folder to be read, however many keys there are."""
+
+    RECHECK_SECONDS = 1.0
 
     def __init__(self, state_dir: Path):
         self.folder = keys_dir(state_dir)
-        self._keys: dict[str, ApiKey] = {}
-        self._seen_mtime = -1.0
-        self._checked = 0.0
+        self._keys: dict[str, _Cached] = {}
 
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return
-        self._checked = now
+    def _load(self, key_id: str, now: float) -> ApiKey | None:
+        path = self.folder / f"{key_id}.json"
         try:
-            mtime = self.folder.stat().st_mtime
+            mtime = path.stat().st_mtime_ns
+            cached = self._keys.get(key_id)
+            if cached is not None and cached.mtime_ns == mtime:
+                cached.checked = now
+                return cached.key
+            key = _key_decoder.decode(path.read_bytes())
         except FileNotFoundError:
-            self._keys, self._seen_mtime = {}, -1.0
-            return
-        if mtime == self._seen_mtime:
-            return
-        keys = {}
-        for path in self.folder.glob("*.json"):
-            try:
-                key = _key_decoder.decode(path.read_bytes())
-                keys[key.id] = key
-            except (OSError, msgspec.MsgspecError):
-                log.error("unreadable API key file", path=str(path))
-        self._keys, self._seen_mtime = keys, mtime
+            self._keys.pop(key_id, None)
+            return None
+        except (OSError, msgspec.MsgspecError):
+            log.error("unreadable API key file", path=str(path))
+            self._keys.pop(key_id, None)
+            return None
+        self._keys[key_id] = _Cached(key=key, mtime_ns=mtime, checked=now)
+        return key
 
     def verify(self, token: str) -> ApiKey:
         parts = split_token(token)
         if parts is None:
             raise Unauthenticated("invalid API key: expected a token like drk_<id>_<secret>")
-        self._refresh()
-        key = self._keys.get(parts[0])
+        now = time.monotonic()
+        cached = self._keys.get(parts[0])
+        key = cached.key if cached is not None and now - cached.checked < self.RECHECK_SECONDS else self._load(parts[0], now)
         if key is None or not key.matches(parts[1]):
             raise Unauthenticated("invalid API key")
         if not key.active:
@@ -100,9 +99,8 @@ class KeyStore:
         return key
 
     def count(self) -> int:
-        self._checked = 0.0
-        self._refresh()
-        return len(self._keys)
+        """How many keys exist (reads the folder listing: for start-up messages, not requests)."""
+        return len(list(self.folder.glob("*.json"))) if self.folder.is_dir() else 0
 
 
 def authenticate(settings: Settings, keys: KeyStore, token: str | None, ip: str) -> Principal:
@@ -119,110 +117,3 @@ def token_from(headers) -> str | None:
     if authorization[:7].lower() == "bearer ":
         return authorization[7:].strip()
     return headers.get("x-api-key")
-
-
-def _rate(text: str | None) -> RateLimitItem | None:
-    if not text or text.lower() in ("none", "unlimited", "off"):
-        return None
-    return parse(text)
-
-
-@dataclass
-class Limits:
-    """Rate limits and quotas, applied when a job is submitted."""
-
-    settings: Settings
-    state_dir: Path
-    limiter: MovingWindowRateLimiter = field(default_factory=lambda: MovingWindowRateLimiter(MemoryStorage()))
-
-    def rate_for(self, principal: Principal) -> RateLimitItem | None:
-        key = principal.key
-        if key is None:
-            return _rate(self.settings.anonymous_rate)
-        if key.rate is not None:
-            return _rate(key.rate)
-        return None if key.admin else _rate(self.settings.key_rate)
-
-    def daily_images_for(self, principal: Principal) -> int | None:
-        key = principal.key
-        if key is not None and key.daily_images is not None:
-            return key.daily_images or None
-        if key is None or key.admin:
-            return None
-        return self.settings.key_daily_images or None
-
-    def queued_jobs_for(self, principal: Principal) -> int | None:
-        key = principal.key
-        if key is not None and key.queued_jobs is not None:
-            return key.queued_jobs or None
-        if key is None or key.admin:
-            return None
-        return self.settings.key_queued_jobs or None
-
-    @staticmethod
-    def _identity(principal: Principal) -> tuple[str, str]:
-        return ("key", principal.owner) if principal.key else ("ip", principal.ip)
-
-    async def check_rate(self, principal: Principal) -> None:
-        item = self.rate_for(principal)
-        if item is None:
-            return
-        if not await self.limiter.test(item, *self._identity(principal)):
-            stats = await self.limiter.get_window_stats(item, *self._identity(principal))
-            wait = max(1, int(stats.reset_time - time.time()) + 1)
-            who = "this key" if principal.key else "your address"
-            raise LimitReached(f"rate limit reached: {item.amount} generation requests per {_per(item)} for {who}; "
-                               f"try again in {_duration(wait)}", wait)
-
-    async def count_request(self, principal: Principal) -> None:
-        item = self.rate_for(principal)
-        if item is not None:
-            await self.limiter.hit(item, *self._identity(principal))
-
-    async def requests_used(self, principal: Principal) -> int:
-        item = self.rate_for(principal)
-        if item is None:
-            return 0
-        stats = await self.limiter.get_window_stats(item, *self._identity(principal))
-        return item.amount - stats.remaining
-
-    # Daily images: a small file per owner and UTC day.
-    def _usage_path(self, principal: Principal, day: datetime) -> Path:
-        return self.state_dir / "usage" / (principal.owner or "anonymous") / f"{day:%Y-%m-%d}.json"
-
-    def images_today(self, principal: Principal) -> int:
-        try:
-            return msgspec.json.decode(self._usage_path(principal, datetime.now(UTC)).read_bytes(), type=dict)["images"]
-        except (FileNotFoundError, msgspec.MsgspecError, KeyError):
-            return 0
-
-    def add_images(self, principal: Principal, count: int) -> None:
-        path = self._usage_path(principal, datetime.now(UTC))
-        write_atomic(path, msgspec.json.encode({"images": self.images_today(principal) + count}), durable=False)
-
-    def check_quotas(self, principal: Principal, images: int, queued: int) -> None:
-        daily = self.daily_images_for(principal)
-        if daily is not None and self.images_today(principal) + images > daily:
-            now = datetime.now(UTC)
-            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            wait = int((midnight - now).total_seconds()) + 1
-            used = self.images_today(principal)
-            raise LimitReached(f"daily image quota reached: {used} of {daily} images used today (UTC), this job "
-                               f"asks for {images}; it resets in {_duration(wait)}", wait)
-        limit = self.queued_jobs_for(principal)
-        if limit is not None and queued >= limit:
-            raise LimitReached(f"too many jobs in the queue: {queued} pending or processing, the limit is {limit}; "
-                               "submit more when some finish", 10)
-
-
-def _per(item: RateLimitItem) -> str:
-    unit = item.GRANULARITY.name
-    return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
-
-
-def _duration(seconds: int) -> str:
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"

@@ -38,7 +38,7 @@ def domain_error(request: Request, exc: DomainError) -> Response:
     headers = {}
     if isinstance(exc, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, LimitReached | Unavailable):
+    if isinstance(exc, LimitReached | Unavailable | Conflict) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     return Response(_body(exc.message), status_code=status, headers=headers)
 

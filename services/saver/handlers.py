@@ -95,7 +95,7 @@ def store_image(files: JobFiles, event: ImageGenerated) -> tuple[str | None, Ima
         return reason, None, None
     record = write_image(files, event)
     records = all_images_saved(files, event, record)
-    if records is not None and files.claim_outcome(job, "completed") == "cancelled":
+    if records is not None and not files.claim_outcome(job, "completed") and files.outcome(job) == "cancelled":
         files.remove_images(job, created, total)
         return "job was cancelled while its images were saved", None, None
     return None, record, records

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 
@@ -15,7 +14,7 @@ from ops import keys
 from schemas.layout import DataLayout
 from services.ingress.app import create_app
 from services.recorder.main import main as recorder_main
-from tests.support import running, wait_for
+from tests.support import eventually, running, wait_for
 
 
 @pytest.fixture
@@ -64,7 +63,11 @@ async def test_a_revoked_key_stops_working_within_a_second(client, secured):
     assert (await client.get("/v1/models", headers=bearer(tokens["bob"]))).status_code == 200
     key_id = tokens["bob"].split("_")[1]
     keys.revoke(DataLayout(settings.data_dir).state_dir, key_id)
-    await asyncio.sleep(1.1)
+
+    async def refused() -> bool:
+        return (await client.get("/v1/models", headers=bearer(tokens["bob"]))).status_code == 401
+
+    await eventually(refused, timeout=1.5, what="the revocation to apply within a second")
     answer = await client.get("/v1/models", headers=bearer(tokens["bob"]))
     assert answer.status_code == 401 and answer.json()["message"] == "this API key was revoked"
 
@@ -112,6 +115,8 @@ async def test_admin_only_routes_are_403_for_users(client, secured):
 async def test_rate_limits_per_key_with_retry_after_and_overrides(client, secured):
     settings, tokens = secured
     alice, bob = bearer(tokens["alice"]), bearer(tokens["bob"])
+    # Nothing runs these jobs: without this, alice's queued-jobs quota (2) would refuse the third.
+    keys.update(DataLayout(settings.data_dir).state_dir, tokens["alice"].split("_")[1], queued_jobs=0)
     assert (await client.post("/v1/jobs", json={"prompt": "x", "steps": 1}, headers=alice)).status_code == 400
     for n in range(3):  # the bad request above did not count
         assert (await client.post("/v1/jobs", json={"prompt": f"fox {n}"}, headers=alice)).status_code in (202, 429)
@@ -125,7 +130,10 @@ async def test_rate_limits_per_key_with_retry_after_and_overrides(client, secure
 
     # An override takes effect within a second; a new rate counts from its own fresh window.
     keys.update(DataLayout(settings.data_dir).state_dir, tokens["bob"].split("_")[1], rate="1/hour")
-    await asyncio.sleep(1.1)
+    async def new_rate() -> bool:
+        return (await client.get("/v1/quota", headers=bob)).json()["limits"]["hourly_requests"] == 1
+
+    await eventually(new_rate, what="the new rate to apply")
     assert (await client.post("/v1/jobs", json={"prompt": "bob again"}, headers=bob)).status_code == 202
     over = await client.post("/v1/jobs", json={"prompt": "bob once more"}, headers=bob)
     assert over.status_code == 429 and "1 generation requests per hour" in over.json()["message"]

@@ -38,7 +38,12 @@ class NotFound(DomainError):
 
 
 class Conflict(DomainError):
-    """Conflicts with the current state (an ended job, a reused Idempotency-Key)."""
+    """Conflicts with the current state (an ended job, a reused Idempotency-Key). With
+    `retry_after`, the state will change by itself (e.g. a job still saving its images)."""
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class LimitReached(DomainError):

@@ -13,7 +13,7 @@ from schemas.events import ImageDeleted
 from schemas.jobs import ImageMetadata
 from schemas.layout import split_image_id
 from services.ingress.auth import Principal
-from services.ingress.domain.errors import Invalid, NotFound
+from services.ingress.domain.errors import Conflict, Invalid, NotFound
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.jobs import read_job, scope_of
 from services.ingress.domain.links import BusLink
@@ -62,6 +62,16 @@ async def delete_image(image_id: str, principal: Principal, *, bus: BusLink, fil
     png, sidecar = await asyncio.to_thread(image_paths, image_id, principal, files=files)
     connected = bus.require()
     job_id, _ = split_image_id(image_id)
+    # Until the saver claimed the job's completion it may still write (or rewrite) its images, and
+    # a deleted sidecar would keep the job from completing: wait for it (nothing is deleted now).
+    # (Jobs that completed before outcomes were claimed read "completed" in their document.)
+    def saving() -> bool:
+        outcome = files.outcome(job_id)
+        return outcome != "completed" and not (outcome is None and read_job(files, job_id, principal).status == "completed")
+
+    if await asyncio.to_thread(saving):
+        raise Conflict(f"image {image_id!r} belongs to a job that is still saving its images; delete it once the "
+                       "job has completed", retry_after=2)
     await connected.publish(ImageDeleted(job_id=job_id, image_id=image_id))
     await asyncio.to_thread(files.remove, sidecar, png)
     log.info("image deleted", image_id=image_id, by=principal.owner)

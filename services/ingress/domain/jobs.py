@@ -17,7 +17,7 @@ from schemas.jobs import TERMINAL_STATUSES, JobDocument
 from schemas.layout import DataLayout, is_job_id
 from schemas.settings import Settings
 from services.bus import Bus
-from services.ingress.auth import Limits, Principal
+from services.ingress.auth import Principal
 from services.ingress.domain.errors import Conflict, Invalid, NotFound
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
@@ -27,6 +27,7 @@ from services.ingress.idempotency import (
     check_key,
     fingerprint,
 )
+from services.ingress.limits import Limits
 from services.ingress.requests import Resolved, resolve_job
 from services.readside import BadCursor, ReadSide, Scope, queries
 
@@ -52,7 +53,6 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
     (the flag says so). Rate limits and quotas are checked first; only accepted jobs count.
     """
     owner = principal.owner
-    await limits.check_rate(principal)
     resolved = resolve_job(request, catalog, settings, layout, principal)
     connected = bus.require()
     job_id = new_id()
@@ -60,16 +60,18 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
         earlier = await _claim(files, idempotency, owner, idempotency_key, request, job_id)
         if earlier is not None:
             return earlier, True
+    reservation = None
     try:
-        limits.check_quotas(principal, resolved.spec.settings.num_images, files.queued_jobs(owner))
+        # Rate, daily images and queued jobs checked and reserved in one step (a file lock per
+        # caller): concurrent submits cannot slip past a limit between the check and the count.
+        reservation = await asyncio.to_thread(limits.reserve, principal, job_id, resolved.spec.settings.num_images)
         doc = await _accept(files, connected, resolved, job_id)
     except BaseException:
+        if reservation is not None:
+            await asyncio.to_thread(limits.release, reservation)
         if idempotency_key is not None:
             idempotency.release(owner, idempotency_key)
         raise
-    files.remember_owner(job_id, owner)
-    await limits.count_request(principal)
-    limits.add_images(principal, resolved.spec.settings.num_images)
     return doc, False
 
 
@@ -111,17 +113,30 @@ async def _accept(files: JobFiles, bus: Bus, resolved: Resolved, job_id: str) ->
 
 
 async def cancel_job(job_id: str, principal: Principal, *, bus: BusLink, files: JobFiles) -> JobCancelAnswer:
-    """Cancel a job: a queued one ends now and never runs; a running one stops within one step."""
-    doc = read_job(files, job_id, principal)
+    """Cancel a job: a queued one never runs; a running one stops within one step; either way no
+    image of it is kept. A job ends once (services/jobfiles.py: outcomes): the cancel claims
+    "cancelled", or finds the saver already claimed "completed" (409), so a 202 is the truth."""
+    doc = await asyncio.to_thread(read_job, files, job_id, principal)
     if doc.status in TERMINAL_STATUSES:
         raise Conflict(f"job {job_id!r} is already {doc.status}")
     connected = bus.require()
-    # Every generator hears the request: whichever holds the job stops it, the others skip it.
-    await connected.publish(JobCancelRequested(job_id=job_id, requested_by=principal.owner))
+    ended = await asyncio.to_thread(files.claim_cancel, job_id)
+    if ended is not None:
+        raise Conflict(f"job {job_id!r} is already {ended}" if ended == "completed" else
+                       f"job {job_id!r} is already being cancelled")
+    try:
+        # Every generator hears it: whichever holds the job stops it, the others skip it; the
+        # saver drops (and removes) any image of it.
+        await connected.publish(JobCancelRequested(job_id=job_id, requested_by=principal.owner))
+        await connected.publish(JobCancelled(job_id=job_id, reason="cancelled while queued" if doc.status == "pending"
+                                             else "cancelled while generating"))
+    except BaseException:
+        await asyncio.to_thread(files.withdraw_cancel, job_id)
+        raise
     if doc.status == "pending":
-        await connected.publish(JobCancelled(job_id=job_id, reason="cancelled while queued"))
         return JobCancelAnswer(id=job_id, status="cancelled", message="The job was cancelled before it started")
-    return JobCancelAnswer(id=job_id, status="cancelling", message="The job stops within one step; its images are discarded")
+    return JobCancelAnswer(id=job_id, status="cancelling",
+                           message="The job is cancelled: it stops within one step and none of its images is kept")
 
 
 def read_job_bytes(files: JobFiles, job_id: str, principal: Principal) -> bytes:

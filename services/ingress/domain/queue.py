@@ -8,11 +8,11 @@ import msgspec
 
 from schemas.api import QueueStats, Quota
 from schemas.events import SweepResult, SweepStalled
-from services.ingress.auth import UNLIMITED, Limits, Principal
+from services.ingress.auth import Principal
 from services.ingress.domain.errors import Unavailable
-from services.ingress.domain.files import JobFiles
 from services.ingress.domain.jobs import scope_of
 from services.ingress.domain.links import BusLink
+from services.ingress.limits import UNLIMITED, Limits
 from services.readside import ReadSide, queries
 
 SWEEP_TIMEOUT = 10  # seconds the reaper has to answer a sweep
@@ -30,24 +30,21 @@ async def reset_stalled(silent_seconds: float | None, principal: Principal, *, b
     principal.require_admin()
     connected = bus.require()
     try:
-        answer = await connected.request(SweepStalled(job_id="", silent_seconds=silent_seconds), timeout=SWEEP_TIMEOUT)
+        answer = await connected.request(SweepStalled(silent_seconds=silent_seconds), timeout=SWEEP_TIMEOUT)
     except TimeoutError:
         raise Unavailable(f"the reaper did not answer within {SWEEP_TIMEOUT} s; is it running?", SWEEP_TIMEOUT) from None
     return msgspec.json.decode(answer, type=SweepResult)
 
 
-async def quota(principal: Principal, *, limits: Limits, files: JobFiles) -> Quota:
+async def quota(principal: Principal, *, limits: Limits) -> Quota:
     """The caller's usage, limits and what remains (unlimited reads "Infinity")."""
+    caps = limits.caps(principal)
     limit_of = {
-        "queued_jobs": limits.queued_jobs_for(principal),
-        "daily_images": limits.daily_images_for(principal),
-        "hourly_requests": (item.amount if (item := limits.rate_for(principal)) is not None else None),
+        "queued_jobs": caps.queued_jobs,
+        "daily_images": caps.daily_images,
+        "hourly_requests": caps.rate.amount if caps.rate is not None else None,
     }
-    usage = {
-        "queued_jobs": await asyncio.to_thread(files.queued_jobs, principal.owner),
-        "daily_images": limits.images_today(principal),
-        "hourly_requests": await limits.requests_used(principal),
-    }
+    usage = await asyncio.to_thread(limits.usage, principal)
     key = principal.key
     premium = key is not None and (key.admin or any(v is not None for v in (key.rate, key.daily_images, key.queued_jobs)))
     return Quota(

@@ -6,7 +6,7 @@ from litestar import Controller, get
 
 from schemas.api import Quota
 from services.ingress.domain import queue
-from services.ingress.routes.common import Caller, FilesDep, LimitsDep, errors
+from services.ingress.routes.common import Caller, LimitsDep, errors
 
 
 class QuotaRoutes(Controller):
@@ -14,7 +14,7 @@ class QuotaRoutes(Controller):
     tags = ["account"]
 
     @get("/", summary="This key's usage, limits and what remains", responses=errors())
-    async def quota(self, principal: Caller, limits: LimitsDep, files: FilesDep) -> Quota:
+    async def quota(self, principal: Caller, limits: LimitsDep) -> Quota:
         """The weights.gg quota shape (`isPremium`, `usage`, `limits`, `remaining`) with Darkroom's
         quota names; an unlimited quota reads "Infinity"."""
-        return await queue.quota(principal, limits=limits, files=files)
+        return await queue.quota(principal, limits=limits)

@@ -14,11 +14,12 @@ from schemas.api import ErrorBody
 from schemas.catalog import Catalog
 from schemas.layout import DataLayout
 from schemas.settings import Settings
-from services.ingress.auth import KeyStore, Limits, Principal, authenticate, token_from
+from services.ingress.auth import KeyStore, Principal, authenticate, token_from
 from services.ingress.domain.errors import Unavailable
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.idempotency import IdempotencyStore
+from services.ingress.limits import Limits
 from services.readside import ReadSide
 
 JSON = "application/json"

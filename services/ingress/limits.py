@@ -1,5 +1,8 @@
 """Rate limits and quotas, checked and reserved in one step per caller, across processes.
 
+What each caller may do (`Limits`): a key's own rate and quotas, else the defaults for keys;
+without a key, the anonymous rate per client IP; admins are unlimited unless given limits.
+
 A submit checks the caller's moving-window rate, images today and jobs queued, and reserves all
 three at once, under a file lock per caller in the data directory: no other request (in this
 ingress or another on the same data directory) can pass between the check and the reservation.
@@ -25,18 +28,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
-from limits import RateLimitItem
+from limits import RateLimitItem, parse
 
+from schemas.settings import Settings
 from services.files import write_atomic
-
-
-class LimitReached(Exception):
-    """A limit would be exceeded: nothing was reserved. `retry_after` in seconds."""
-
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
+from services.ingress.auth import Principal
+from services.ingress.domain.errors import LimitReached
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,7 @@ class _Usage(msgspec.Struct):
 
 class _Rate(msgspec.Struct):
     hits: list[float] = []
+    rate: str = ""  # the rate these hits were counted under: a new rate counts from a fresh window
 
 
 class _Active(msgspec.Struct):
@@ -111,6 +109,8 @@ class Reservations:
         with self._locked(identity) as folder:
             rate = _read(folder / "rate.json", _Rate)
             if caps.rate is not None:
+                if rate.rate != str(caps.rate):
+                    rate = _Rate(rate=str(caps.rate))
                 window = caps.rate.get_expiry()
                 rate.hits = [hit for hit in rate.hits if hit > now - window]
                 if len(rate.hits) >= caps.rate.amount:
@@ -161,7 +161,8 @@ class Reservations:
         """What `identity` has used: requests in the rate window, images today, jobs queued."""
         now = time.time()
         folder = self._folder(identity)
-        hits = _read(folder / "rate.json", _Rate).hits
+        counted = _read(folder / "rate.json", _Rate)
+        hits = counted.hits if caps.rate is not None and counted.rate == str(caps.rate) else []
         window = caps.rate.get_expiry() if caps.rate is not None else 0
         active = [job for job in _read(folder / "active.json", _Active).jobs if not self.job_ended(job)]
         return {
@@ -182,3 +183,53 @@ def duration(seconds: int) -> str:
     if seconds < 5400:
         return f"{round(seconds / 60)} min"
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+UNLIMITED = "Infinity"  # how the weights.gg quota shape says "no limit"
+
+
+def rate(text: str | None) -> RateLimitItem | None:
+    """A rate such as "300/hour"; None for none/unlimited/off."""
+    if not text or text.lower() in ("none", "unlimited", "off"):
+        return None
+    return parse(text)
+
+
+class Limits:
+    """The limits of each caller, reserved atomically when a job is submitted (`Reservations`)."""
+
+    def __init__(self, settings: Settings, state_dir: Path, job_ended: Callable[[str], bool]):
+        self.settings = settings
+        self.reservations = Reservations(state_dir / "usage", job_ended)
+
+    def caps(self, principal: Principal) -> Caps:
+        key, settings = principal.key, self.settings
+        if key is None:
+            return Caps(rate=rate(settings.anonymous_rate), daily_images=None, queued_jobs=None)
+
+        def own(value: int | None, default: int) -> int | None:
+            if value is not None:
+                return value or None
+            return None if key.admin else (default or None)
+
+        return Caps(
+            rate=rate(key.rate) if key.rate is not None else None if key.admin else rate(settings.key_rate),
+            daily_images=own(key.daily_images, settings.key_daily_images),
+            queued_jobs=own(key.queued_jobs, settings.key_queued_jobs),
+        )
+
+    @staticmethod
+    def identity(principal: Principal) -> str:
+        """Whose usage it is: the key's id, or the client's address without a key."""
+        return principal.owner if principal.key else f"ip-{principal.ip}"
+
+    def reserve(self, principal: Principal, job_id: str, images: int) -> Reservation:
+        """Blocking (file lock): call it off the event loop."""
+        who = "this key" if principal.key else "your address"
+        return self.reservations.reserve(self.identity(principal), job_id, images, self.caps(principal), who)
+
+    def release(self, reservation: Reservation) -> None:
+        self.reservations.release(reservation)
+
+    def usage(self, principal: Principal) -> dict[str, int]:
+        return self.reservations.usage(self.identity(principal), self.caps(principal))

@@ -146,14 +146,15 @@ class EnrichResponse(msgspec.Struct, kw_only=True):
     style: str | None
 
 
-class Health(msgspec.Struct, kw_only=True):
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     """GET /health. `status` is `ok`, `degraded` (accepting jobs, but no generator is running) or
-    `unavailable` (503: the broker is unreachable or the data directory is not writable)."""
+    `unavailable` (503: the broker is unreachable or the data directory is not writable). The
+    details (broker, data directory, generators, projection) are shown to admin keys only."""
 
     status: str
-    broker: str
-    data_dir: str
-    generators: int
+    broker: str | None = None
+    data_dir: str | None = None
+    generators: int | None = None
     projection: ProjectionStatus | None = None
 
 

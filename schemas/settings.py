@@ -83,6 +83,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # On SIGTERM a generator lets its current call run this long, then stops it at the next step
     # and puts its jobs back in the queue.
     shutdown_grace: float = 10.0
+    # Memory the DuckDB read model may hold (its cache and transactions), e.g. "512MB" or "2GB".
+    duckdb_memory: str = "512MB"
+    # Operators' SQL (/v1/ops/query) runs at most this many at once, on threads of its own.
+    ops_query_slots: int = 2
     # Seconds an image is kept before the retention janitor deletes it (image.expired); 0: forever.
     image_ttl: float = 0.0
 

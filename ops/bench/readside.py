@@ -209,11 +209,13 @@ def _queries(cur, bare, truth: dict) -> list[Query]:
     deep_at, deep_id = queries.decode_cursor(deep)
     deep_at = deep_at.astimezone(UTC).replace(tzinfo=None)
 
-    pending_id, pending_at = cur.execute(
-        "SELECT id, created_at FROM jobs WHERE status = 'pending' ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
-    position, _ = queries.queue_position(cur, pending_id, pending_at.replace(tzinfo=UTC), now=now)
-    if position != truth["counts"]["pending"]:
-        raise RuntimeError(f"readside: the newest pending job is at position {position}, not {truth['counts']['pending']}")
+    pending_id, pending_at, pending_owner = cur.execute(
+        "SELECT id, created_at, owner FROM jobs WHERE status = 'pending' ORDER BY created_at DESC, id DESC LIMIT 1").fetchone()
+    position, _ = queries.queue_position(cur, pending_id, pending_at.replace(tzinfo=UTC), pending_owner, now=now)
+    own_pending = cur.execute("SELECT count(*) FROM jobs WHERE status = 'pending' AND owner IS NOT DISTINCT FROM ?",
+                              [pending_owner]).fetchone()[0]
+    if position != own_pending:
+        raise RuntimeError(f"readside: the owner's newest pending job is at position {position}, not {own_pending}")
     return [
         Query("queue stats", lambda _: queries.queue_stats(cur, admin),
               lambda _: bare.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall(),
@@ -235,7 +237,7 @@ def _queries(cur, bare, truth: dict) -> list[Query]:
         Query("job list, newest first", lambda _: queries.list_jobs(cur, admin),
               lambda _: bare.execute(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT 20").fetchall(),
               f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT 20"),
-        Query("queue position", lambda _: queries.queue_position(cur, pending_id, pending_at.replace(tzinfo=UTC), now=now),
+        Query("queue position", lambda _: queries.queue_position(cur, pending_id, pending_at.replace(tzinfo=UTC), pending_owner, now=now),
               lambda _: bare.execute(
                   "SELECT (SELECT count(*) FROM jobs WHERE status = 'pending' AND created_at < ?), "
                   "(SELECT count(*) FROM jobs WHERE status = 'completed' AND completed_at >= ?)",

@@ -24,6 +24,7 @@ from services.ingress.auth import KeyStore
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.errors import EXCEPTION_HANDLERS
+from services.ingress.http import DarkroomRequest
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.limits import Limits
 from services.ingress.routes import DEPENDENCIES, ROUTES
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=ROUTES,
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=DarkroomRequest,
         lifespan=[lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,

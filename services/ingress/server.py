@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 
 import uvicorn
+from litestar.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from schemas.settings import Settings
+from services.ingress.http import head_as_get
 
 
 def _answer(status: str, message: str) -> bytes:
@@ -113,15 +115,16 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def serve(app: object, settings: Settings) -> None:
-    """Run `app` on uvicorn with the guarded protocol and a cap on concurrent connections."""
+def serve(app: ASGIApp, settings: Settings) -> None:
+    """Run `app` on uvicorn with the guarded protocol, a cap on concurrent connections, and HEAD
+    answered wherever GET is."""
     protocol = type("Guarded", (GuardedProtocol,), {
         "max_header_bytes": settings.max_header_bytes,
         "header_timeout": settings.header_timeout,
         "body_timeout": settings.body_timeout,
     })
     uvicorn.run(
-        app,
+        head_as_get(app),
         host=settings.host,
         port=settings.port,
         http=protocol,

@@ -4,6 +4,7 @@ process (DuckDB allows one writer). Callers see read-side errors (`errors`), nev
 
 from services.readside.errors import (
     BadCursor,
+    Busy,
     NotReadOnly,
     ProjectionFailed,
     QueryFailed,
@@ -12,4 +13,4 @@ from services.readside.errors import (
 from services.readside.host import ReadSide
 from services.readside.queries import Scope
 
-__all__ = ["BadCursor", "NotReadOnly", "ProjectionFailed", "QueryFailed", "ReadSide", "ReadSideError", "Scope"]
+__all__ = ["BadCursor", "Busy", "NotReadOnly", "ProjectionFailed", "QueryFailed", "ReadSide", "ReadSideError", "Scope"]

@@ -22,3 +22,7 @@ class QueryFailed(ReadSideError):
 
 class ProjectionFailed(ReadSideError):
     """Applying the event log (a catch-up or a rebuild) failed in DuckDB."""
+
+
+class Busy(ReadSideError):
+    """As many operator queries as allowed are running already; try again when one ends."""

@@ -7,9 +7,11 @@ the retention janitor. DuckDB's errors are translated here (`services.readside.e
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import TypeVar
 
@@ -20,7 +22,7 @@ from watchfiles import awatch
 from schemas.layout import DataLayout
 from schemas.settings import Settings
 from services.bus import Bus
-from services.readside.errors import ProjectionFailed, QueryFailed, ReadSideError
+from services.readside.errors import Busy, ProjectionFailed, QueryFailed, ReadSideError
 from services.readside.janitor import Janitor
 from services.readside.projection import Projection
 
@@ -36,25 +38,37 @@ class ReadSide:
         self.settings = settings
         self.layout = layout
         layout.events_dir.mkdir(parents=True, exist_ok=True)
-        self.projection = Projection(layout.analytics_db, layout.events_dir)
+        self.projection = Projection(layout.analytics_db, layout.events_dir, memory_limit=settings.duckdb_memory)
         self.janitor = Janitor(self, layout, settings.image_ttl)
         self._applying = threading.Lock()  # one catch-up (or rebuild) at a time
+        self._operators = ThreadPoolExecutor(max_workers=settings.ops_query_slots, thread_name_prefix="ops-sql")
+        self._operator_slots = asyncio.Semaphore(settings.ops_query_slots)
 
     def close(self) -> None:
+        self._operators.shutdown(cancel_futures=True)
         with self._applying:
             self.projection.close()
 
     async def query(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run `fn(cursor, ...)` in a worker thread on a cursor of its own. DuckDB's errors come
         out as `QueryFailed`; the queries' own errors (`BadCursor`, `NotReadOnly`) as they are."""
-        def run() -> T:
-            try:
-                with self.projection.cursor() as cur:
-                    return fn(cur, *args, **kwargs)
-            except duckdb.Error as exc:
-                raise QueryFailed(str(exc)) from exc
+        return await asyncio.to_thread(self._run, fn, *args, **kwargs)
 
-        return await asyncio.to_thread(run)
+    async def operator_query(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Like `query`, for operators' ad-hoc SQL: on threads of its own, a few at a time (beyond
+        that `Busy`), so that health checks, image reads and the API's queries never wait behind it."""
+        if self._operator_slots.locked():
+            raise Busy(f"{self.settings.ops_query_slots} operator queries are running; try again when one ends")
+        async with self._operator_slots:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._operators, functools.partial(self._run, fn, *args, **kwargs))
+
+    def _run(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        try:
+            with self.projection.cursor() as cur:
+                return fn(cur, *args, **kwargs)
+        except duckdb.Error as exc:
+            raise QueryFailed(str(exc)) from exc
 
     async def catch_up(self) -> int:
         return await asyncio.to_thread(self._locked, self.projection.catch_up)

@@ -31,7 +31,16 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from schemas.events import AnyEvent, Event, ImageDeleted, ImageExpired, ImageSaved, JobAccepted, JobCompleted
+from schemas.events import (
+    AnyEvent,
+    Event,
+    ImageDeleted,
+    ImageExpired,
+    ImageSaved,
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+)
 from schemas.jobs import ACTIVE_STATUSES, GenerationSettings, ImageRecord, JobDocument
 from schemas.lifecycle import apply_event
 
@@ -39,12 +48,31 @@ BATCH_BYTES = 16 << 20  # of log per transaction (~50k events)
 # Documents kept in memory: active jobs always, plus the most recently created ended ones.
 CACHED_DOCUMENTS = 20_000
 BIG_CATCH_UP = 500_000  # events; after a catch-up this long the WAL is checkpointed
+# After a catch-up, a WAL past this is checkpointed too: DuckDB holds what the WAL holds in
+# memory until a checkpoint, so a steady trickle of events must not grow the process for ever.
+CHECKPOINT_WAL_BYTES = 16 << 20
+REBUILDING = "_rebuilding"  # suffix of the tables a rebuild fills before it swaps them in
+TABLES = ("jobs", "images", "projection_state")
+
+
+def lock_down(con: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
+    """The database touches no file but its own and loads nothing: operators' SQL runs here, so
+    it must not read host files, fetch URLs or install extensions (then the settings are locked)."""
+    for statement in (
+        f"SET memory_limit = '{memory_limit}'",
+        "SET autoinstall_known_extensions = false",
+        "SET autoload_known_extensions = false",
+        "SET allow_community_extensions = false",
+        "SET enable_external_access = false",
+        "SET lock_configuration = true",
+    ):
+        con.execute(statement)
 _decoder = msgspec.json.Decoder(AnyEvent)
 _settings_decoder = msgspec.json.Decoder(GenerationSettings)
 _encoder = msgspec.json.Encoder()
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+CREATE TABLE IF NOT EXISTS jobs{s} (
     id VARCHAR PRIMARY KEY,
     owner VARCHAR,
     status VARCHAR NOT NULL,
@@ -63,7 +91,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL,
     error VARCHAR
 );
-CREATE TABLE IF NOT EXISTS images (
+CREATE TABLE IF NOT EXISTS images{s} (
     id VARCHAR PRIMARY KEY,
     job_id VARCHAR NOT NULL,
     owner VARCHAR,
@@ -80,7 +108,7 @@ CREATE TABLE IF NOT EXISTS images (
     -- lower(prompt || ' ' || model): what gallery search scans (one contains() per row)
     search VARCHAR NOT NULL
 );
-CREATE TABLE IF NOT EXISTS projection_state (
+CREATE TABLE IF NOT EXISTS projection_state{s} (
     id INTEGER PRIMARY KEY,
     file VARCHAR NOT NULL,
     "offset" BIGINT NOT NULL,
@@ -142,21 +170,28 @@ class Batch:
     images: pa.Table | None
     removed: pa.Table | None
     position: Position
+    cancelled: pa.Table | None = None  # jobs cancelled in this batch: their image rows are deleted
 
 
 
 class Projection:
     """Owns the DuckDB file: applies the event log to it and hands out cursors to query it."""
 
-    def __init__(self, db_path: Path, events_dir: Path, *, batch_bytes: int = BATCH_BYTES):
+    def __init__(self, db_path: Path, events_dir: Path, *, batch_bytes: int = BATCH_BYTES, memory_limit: str = "512MB",
+                 con: duckdb.DuckDBPyConnection | None = None, suffix: str = ""):
         self.db_path = db_path
         self.events_dir = events_dir
         self.batch_bytes = batch_bytes
-        self.con = duckdb.connect(str(db_path))
-        # Checkpoint less often than the default 16 MB of WAL: a catch-up over a large log runs
-        # 1.4x faster; a long catch-up ends with a checkpoint anyway.
-        self.con.execute("SET checkpoint_threshold = '256MB'")
-        self.con.execute(SCHEMA)
+        self.suffix = suffix  # a rebuild's shadow tables share the connection, under other names
+        self.jobs, self.images, self.state = (f"{table}{suffix}" for table in TABLES)
+        if con is None:
+            con = duckdb.connect(str(db_path))
+            # Checkpoint less often than the default 16 MB of WAL: a catch-up over a large log runs
+            # 1.4x faster; catch-ups end with a checkpoint when the WAL grew (CHECKPOINT_WAL_BYTES).
+            con.execute("SET checkpoint_threshold = '256MB'")
+            lock_down(con, memory_limit)
+        self.con = con
+        self.con.execute(SCHEMA.format(s=suffix))
         # `position`: what is committed; `_read_at`: where the next batch starts (ahead of `position`
         # while a batch is being written).
         self.position = self._read_at = self._load_position()
@@ -176,7 +211,7 @@ class Projection:
     # -- position ------------------------------------------------------------------------------
 
     def _load_position(self) -> Position:
-        row = self.con.execute('SELECT file, "offset", events, last_event_at FROM projection_state WHERE id = 1').fetchone()
+        row = self.con.execute(f'SELECT file, "offset", events, last_event_at FROM {self.state} WHERE id = 1').fetchone()
         return Position(*row) if row else Position()
 
     def pending_bytes(self) -> int:
@@ -228,7 +263,7 @@ class Projection:
                 applied += len(lines)
             if writing is not None:
                 writing.result()
-            if applied > BIG_CATCH_UP:
+            if applied and (applied > BIG_CATCH_UP or self._wal_bytes() > CHECKPOINT_WAL_BYTES):
                 self.con.execute("CHECKPOINT")
         except BaseException:
             # The documents in memory ran ahead of what was committed: start again from the file.
@@ -239,6 +274,12 @@ class Projection:
             self.position = self._read_at = self._load_position()
             raise
         return applied
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self.db_path.with_name(self.db_path.name + ".wal").stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _read_batch(self, limit: int) -> tuple[list[bytes], str, int]:
         """The whole lines in up to `limit` bytes after the position, from one file, and where they end."""
@@ -274,8 +315,14 @@ class Projection:
         jobs: dict[str, JobDocument] = {}
         images: dict[str, tuple] = {}
         removed: dict[str, tuple[datetime, str]] = {}
+        cancelled: dict[str, datetime] = {}
         for event in events:
             self._fold(event, jobs, images, removed)
+            if isinstance(event, JobCancelled) and event.job_id in jobs and jobs[event.job_id].status == "cancelled":
+                cancelled[event.job_id] = _utc(event.occurred_at)
+                for image_id, row in images.items():  # saved earlier in this batch
+                    if row[1] == event.job_id:
+                        images[image_id] = row[:-2] + (_utc(event.occurred_at), "cancelled")
         last_at = _utc(events[-1].occurred_at) if events else self._read_at.last_event_at
         self._read_at = Position(file, offset, self._read_at.events + len(lines), last_at)
         self._trim()
@@ -285,6 +332,8 @@ class Projection:
             removed=pa.table({"id": list(removed), "at": pa.array([at for at, _ in removed.values()], _TIME),
                               "why": [why for _, why in removed.values()]}) if removed else None,
             position=self._read_at,
+            cancelled=pa.table({"id": list(cancelled), "at": pa.array(list(cancelled.values()), _TIME)})
+            if cancelled else None,
         )
 
     def _write(self, batch: Batch) -> None:
@@ -292,20 +341,25 @@ class Projection:
         with self.con.cursor() as cur:
             cur.execute("BEGIN")
             try:
+                jobs, images = self.jobs, self.images
                 if batch.jobs is not None:
                     cur.register("job_rows", batch.jobs)
-                    cur.execute("INSERT OR REPLACE INTO jobs SELECT * FROM job_rows")
+                    cur.execute(f"INSERT OR REPLACE INTO {jobs} SELECT * FROM job_rows")
                 if batch.images is not None:
                     cur.register("image_rows", batch.images)
                     # A row already deleted stays deleted (a replayed batch must not bring it back).
-                    cur.execute("""INSERT INTO images SELECT *, lower(prompt || ' ' || model) FROM image_rows
-                                   ON CONFLICT (id) DO NOTHING""")
+                    cur.execute(f"""INSERT INTO {images} SELECT *, lower(prompt || ' ' || model) FROM image_rows
+                                    ON CONFLICT (id) DO NOTHING""")
                 if batch.removed is not None:
                     cur.register("gone", batch.removed)
-                    cur.execute("""UPDATE images SET deleted_at = gone.at, deleted_reason = gone.why FROM gone
-                                   WHERE images.id = gone.id AND images.deleted_at IS NULL""")
+                    cur.execute(f"""UPDATE {images} SET deleted_at = gone.at, deleted_reason = gone.why FROM gone
+                                    WHERE {images}.id = gone.id AND {images}.deleted_at IS NULL""")
+                if batch.cancelled is not None:  # a cancelled job keeps no image
+                    cur.register("cancelled_jobs", batch.cancelled)
+                    cur.execute(f"""UPDATE {images} SET deleted_at = c.at, deleted_reason = 'cancelled' FROM cancelled_jobs c
+                                    WHERE {images}.job_id = c.id AND {images}.deleted_at IS NULL""")
                 at = batch.position
-                cur.execute("INSERT OR REPLACE INTO projection_state VALUES (1, ?, ?, ?, ?, ?)",
+                cur.execute(f"INSERT OR REPLACE INTO {self.state} VALUES (1, ?, ?, ?, ?, ?)",
                             (at.file, at.offset, at.events, datetime.now(UTC).replace(tzinfo=None), at.last_event_at))
                 cur.execute("COMMIT")
             except BaseException:
@@ -355,7 +409,7 @@ class Projection:
         """Documents for jobs this batch touches that are not in memory, rebuilt from their rows."""
         if not job_ids:
             return
-        select = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+        select = f"SELECT {', '.join(JOB_COLUMNS)} FROM {self.jobs}"
         with self.con.cursor() as cur:
             if len(job_ids) <= 64:  # the primary-key index answers each at once; a join scans the table
                 rows = [row for job_id in job_ids for row in cur.execute(f"{select} WHERE id = ?", [job_id]).fetchall()]
@@ -366,13 +420,29 @@ class Projection:
             self._docs[doc.id] = doc
 
     def rebuild(self) -> int:
-        """Drop every row and replay the whole log."""
-        self.con.execute("BEGIN")
-        self.con.execute("DELETE FROM jobs; DELETE FROM images; DELETE FROM projection_state;")
-        self.con.execute("COMMIT")
-        self.position = self._read_at = Position()
-        self._docs.clear()
-        return self.catch_up()
+        """Replay the whole log into fresh tables, then swap them in with one transaction: readers
+        see the old rows until the new ones are complete, never an empty or partial projection."""
+        for table in TABLES:
+            self.con.execute(f"DROP TABLE IF EXISTS {table}{REBUILDING}")
+        shadow = Projection(self.db_path, self.events_dir, batch_bytes=self.batch_bytes, con=self.con, suffix=REBUILDING)
+        try:
+            applied = shadow.catch_up()
+        finally:
+            shadow._writer.shutdown()
+        with self.con.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                for table in TABLES:
+                    cur.execute(f"DROP TABLE {table}")
+                    cur.execute(f"ALTER TABLE {table}{REBUILDING} RENAME TO {table}")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        self.position = self._read_at = shadow.position
+        self._docs = shadow._docs
+        self.con.execute("CHECKPOINT")
+        return applied + self.catch_up()  # what arrived while it was replaying
 
 
 @contextlib.contextmanager

@@ -9,12 +9,14 @@ DuckDB's errors; `darkroom ops` runs them on a projection it opened itself).
 from __future__ import annotations
 
 import base64
+import math
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import duckdb
 import msgspec
+import pyarrow.parquet as pq
 
 from services.readside.errors import BadCursor, NotReadOnly
 
@@ -206,26 +208,38 @@ def _image(row: tuple) -> dict:
 # -- queue position ----------------------------------------------------------------------------------
 
 
-def queue_position(cur: duckdb.DuckDBPyConnection, job_id: str, created_at: datetime,
+ETA_GRAIN = 5.0  # seconds: estimates are rounded up to this, so they say nothing exact about others' volume
+
+
+def queue_position(cur: duckdb.DuckDBPyConnection, job_id: str, created_at: datetime, owner: str | None,
                    now: datetime | None = None) -> tuple[int, float | None]:
-    """(1-based place among pending jobs, estimated seconds until it finishes). The estimate uses the
-    jobs finished in the last 15 minutes (all workers together), or the mean processing time of the
-    last 100 when the service was idle; None when there is no history yet."""
+    """(1-based place among the owner's own pending jobs, estimated seconds until it finishes).
+
+    The place counts only the owner's jobs, so a tenant learns nothing of others' volume; the
+    estimate accounts for all work ahead (every tenant's), rounded up to ETA_GRAIN. It uses the
+    jobs finished in the last 15 minutes (all workers together), or the mean processing time of
+    the last 100 when the service was idle; None when there is no history yet."""
     now = now or datetime.now(UTC)
-    ahead, done_recently = cur.execute(
-        """SELECT (SELECT count(*) FROM jobs WHERE status = 'pending' AND (created_at, id) < (?, ?)),
+    mine, ahead, done_recently = cur.execute(
+        """SELECT (SELECT count(*) FROM jobs WHERE status = 'pending' AND (created_at, id) < (?, ?)
+                      AND owner IS NOT DISTINCT FROM ?),
+                  (SELECT count(*) FROM jobs WHERE status = 'pending' AND (created_at, id) < (?, ?)),
                   (SELECT count(*) FROM jobs WHERE status = 'completed' AND completed_at >= ?)""",
-        [_naive(created_at), job_id, _naive(now - timedelta(minutes=15))],
+        [_naive(created_at), job_id, owner, _naive(created_at), job_id, _naive(now - timedelta(minutes=15))],
     ).fetchone()
-    position = ahead + 1
+    position, work = mine + 1, ahead + 1
     if done_recently:
-        return position, round(position * 900.0 / done_recently, 1)
+        return position, _coarse(work * 900.0 / done_recently)
     mean = cur.execute(
         """SELECT avg(epoch(completed_at - started_at)) FROM (
                SELECT completed_at, started_at FROM jobs WHERE status = 'completed' AND started_at IS NOT NULL
                ORDER BY completed_at DESC LIMIT 100)""",
     ).fetchone()[0]
-    return position, round(position * mean, 1) if mean is not None else None
+    return position, _coarse(work * mean) if mean is not None else None
+
+
+def _coarse(seconds: float) -> float:
+    return math.ceil(seconds / ETA_GRAIN) * ETA_GRAIN
 
 
 # -- retention ---------------------------------------------------------------------------------------
@@ -245,13 +259,15 @@ EXPORTED_TABLES = ("jobs", "images")
 
 
 def export_parquet(cur: duckdb.DuckDBPyConnection, folder: str) -> list[str]:
-    """Write each table to <folder>/<table>.parquet (a consistent snapshot); returns the files."""
+    """Write each table to <folder>/<table>.parquet (a consistent snapshot); returns the files.
+
+    Written by pyarrow, not DuckDB's COPY: the database itself may touch no file but its own."""
     files = []
     cur.execute("BEGIN TRANSACTION READ ONLY")
     try:
         for table in EXPORTED_TABLES:
             target = f"{folder}/{table}.parquet"
-            cur.execute(f"COPY {table} TO '{_quote(target)}' (FORMAT parquet, COMPRESSION zstd)")
+            pq.write_table(cur.execute(f"SELECT * FROM {table}").fetch_arrow_table(), target, compression="zstd")
             files.append(target)
     finally:
         cur.execute("ROLLBACK")

@@ -62,7 +62,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> I
     def ready() -> bool:
         assert process.poll() is None, log.read_text()[-3000:]
         try:
-            return httpx.get(f"{stack.url}/health", timeout=1).json()["generators"] == 2
+            return httpx.get(f"{stack.url}/health", timeout=1, headers=stack.auth).json()["generators"] == 2
         except (httpx.HTTPError, ValueError, KeyError):
             return False
 

@@ -62,7 +62,7 @@ def live(amqp_url: str, tmp_path_factory: pytest.TempPathFactory):
     deadline = time.monotonic() + 60
     while True:
         try:
-            if httpx.get(f"{url}/health", timeout=1).json()["broker"] == "connected":
+            if httpx.get(f"{url}/health", timeout=1, headers={"X-API-Key": token}).json().get("broker") == "connected":
                 break
         except (httpx.HTTPError, ValueError, KeyError):
             pass

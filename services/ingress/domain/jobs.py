@@ -163,7 +163,7 @@ async def job_with_place(job_id: str, principal: Principal, *, files: JobFiles, 
     if files.head(data).status != "pending" or readside is None:
         return data
     doc = files.decode(data)
-    doc.queue_position, doc.eta_seconds = await readside.query(queries.queue_position, doc.id, doc.created_at)
+    doc.queue_position, doc.eta_seconds = await readside.query(queries.queue_position, doc.id, doc.created_at, doc.owner)
     return files.encode(doc)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -22,17 +23,36 @@ from schemas.api import (
 )
 from schemas.layout import DataLayout
 from services.ingress.auth import Principal
-from services.ingress.domain.errors import Invalid
+from services.ingress.domain.errors import Invalid, Unavailable
 from services.ingress.domain.links import BusLink
-from services.readside import NotReadOnly, QueryFailed, ReadSide, Scope, queries
+from services.readside import Busy, NotReadOnly, QueryFailed, ReadSide, Scope, queries
 
 EVERYONE = Scope(everyone=True)
 
 
-async def health(*, bus: BusLink, layout: DataLayout, readside: ReadSide | None) -> Health:
-    """Broker, data directory and workers: `ok`, `degraded` (no generator) or `unavailable`."""
+def data_dir_writable(layout: DataLayout) -> bool:
+    """Probe by writing (and fsyncing) a small file: `os.access` says yes on a full disk."""
+    probe = layout.base / f".health.{os.getpid()}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"darkroom health probe\n" * 200)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+async def health(*, bus: BusLink, layout: DataLayout, readside: ReadSide | None, detailed: bool) -> Health:
+    """Broker, data directory and workers: `ok`, `degraded` (no generator) or `unavailable`; the
+    details only when `detailed` (an admin asks): the public answer says nothing of the volume."""
     broker_ok = bus.connected
-    data_ok = await asyncio.to_thread(os.access, layout.base, os.W_OK)
+    data_ok = await asyncio.to_thread(data_dir_writable, layout)
     generators = 0
     if broker_ok:
         try:
@@ -40,6 +60,8 @@ async def health(*, bus: BusLink, layout: DataLayout, readside: ReadSide | None)
         except Exception:  # noqa: BLE001 - a failed probe means "not known to be healthy"
             broker_ok = False
     status = "unavailable" if not (broker_ok and data_ok) else "ok" if generators else "degraded"
+    if not detailed:
+        return Health(status=status)
     return Health(
         status=status,
         broker="connected" if broker_ok else "unreachable",
@@ -78,9 +100,11 @@ async def run_sql(sql: str, max_rows: int, principal: Principal, *, readside: Re
     """SELECT statements only, in a read-only transaction, stopped after 30 s; at most `max_rows`."""
     principal.require_admin()
     try:
-        columns, rows, truncated = await readside.query(queries.run_query, sql, max_rows=max_rows)
+        columns, rows, truncated = await readside.operator_query(queries.run_query, sql, max_rows=max_rows)
     except NotReadOnly as exc:
         raise Invalid(str(exc)) from None
+    except Busy as exc:
+        raise Unavailable(str(exc), retry_after=5) from None
     except QueryFailed as exc:
         raise Invalid(f"sql: {exc}") from None
     return OpsQueryResult(columns=columns, rows=[list(row) for row in rows], truncated=truncated)

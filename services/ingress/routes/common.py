@@ -15,7 +15,7 @@ from schemas.catalog import Catalog
 from schemas.layout import DataLayout
 from schemas.settings import Settings
 from services.ingress.auth import KeyStore, Principal, authenticate, token_from
-from services.ingress.domain.errors import Unavailable
+from services.ingress.domain.errors import Unauthenticated, Unavailable
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.idempotency import IdempotencyStore
@@ -72,15 +72,27 @@ async def provide_principal(request: Request, config: NamedDependency[Settings],
     return authenticate(config, keys, token_from(request.headers), ip)
 
 
+async def provide_viewer(request: Request, config: NamedDependency[Settings],
+                         keys: NamedDependency[KeyStore]) -> Principal | None:
+    """The caller if it sent a valid key (or auth is off), else None: for public routes that show
+    more to admins."""
+    try:
+        return await provide_principal(request, config, keys)
+    except Unauthenticated:
+        return None
+
+
 DEPENDENCIES = {
     **{name: _from_state(name) for name in ("config", "catalog", "layout", "files", "keys", "limits",
                                             "idempotency", "bus")},
     "readside": Provide(provide_readside, sync_to_thread=False),
     "readside_if_open": Provide(provide_readside_if_open, sync_to_thread=False),
     "principal": Provide(provide_principal),
+    "viewer": Provide(provide_viewer),
 }
 
 Caller = NamedDependency[Principal]
+Viewer = NamedDependency[Principal | None]
 BusDep = NamedDependency[BusLink]
 FilesDep = NamedDependency[JobFiles]
 ReadSideDep = NamedDependency[ReadSide]

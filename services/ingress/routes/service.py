@@ -14,6 +14,7 @@ from services.ingress.routes.common import (
     LayoutDep,
     ReadSideDep,
     ReadSideIfOpenDep,
+    Viewer,
     errors,
 )
 from services.readside.queries import COUNTED
@@ -25,8 +26,12 @@ class ServiceRoutes(Controller):
 
     @get("/health", summary="Broker, data directory and worker health (503 when jobs cannot be accepted)",
          security=[], responses={503: ResponseSpec(data_container=Health, description="Jobs cannot be accepted now")})
-    async def health(self, bus: BusDep, layout: LayoutDep, readside_if_open: ReadSideIfOpenDep) -> Response[Health]:
-        body = await ops.health(bus=bus, layout=layout, readside=readside_if_open)
+    async def health(self, bus: BusDep, layout: LayoutDep, readside_if_open: ReadSideIfOpenDep,
+                     viewer: Viewer) -> Response[Health]:
+        """`status` for anyone; with an admin key also the broker, the data directory, the
+        generators and the projection."""
+        body = await ops.health(bus=bus, layout=layout, readside=readside_if_open,
+                                detailed=viewer is not None and viewer.admin)
         return Response(body, status_code=503 if body.status == "unavailable" else 200)
 
     @get("/metrics", summary="Prometheus metrics (admin)", media_type="text/plain; version=0.0.4",

@@ -111,8 +111,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, row_id = msgspec.json.decode(raw, type=tuple[str, str])
-        return datetime.fromisoformat(created), row_id
-    except (ValueError, msgspec.MsgspecError):
+        at = datetime.fromisoformat(created)
+        _naive(at)  # in UTC it must still be a date (9999-12-31T23:59-23:59 is not)
+        return at, row_id
+    except (ValueError, OverflowError, msgspec.MsgspecError):
         raise BadCursor("cursor: not one this server handed out (use next_cursor from the previous page)") from None
 
 

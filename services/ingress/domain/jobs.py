@@ -53,7 +53,11 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
     (the flag says so). Rate limits and quotas are checked first; only accepted jobs count.
     """
     owner = principal.owner
-    resolved = resolve_job(request, catalog, settings, layout, principal)
+    if request.init_image is not None or request.mask_image is not None or request.init_image_id is not None:
+        # Decoding and re-encoding input images takes milliseconds: never on the event loop.
+        resolved = await asyncio.to_thread(resolve_job, request, catalog, settings, layout, principal)
+    else:
+        resolved = resolve_job(request, catalog, settings, layout, principal)
     connected = bus.require()
     job_id = new_id()
     if idempotency_key is not None:

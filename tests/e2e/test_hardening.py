@@ -65,7 +65,8 @@ def png_b64(width: int = 64, height: int = 64, color: tuple[int, int, int] = (20
 
 def test_f1_concurrent_submits_cannot_exceed_quota(stack: Stack) -> None:
     token = make_key(stack, "tight", "--rate", "5/hour", "--daily-images", "3", "--queued-jobs", "2")
-    body = {"prompt": "a slow fox", "settings": {"width": 64, "height": 64, "num_inference_steps": 30}}
+    # Slow enough (about 20 s each here) that none ends during the burst and frees its slot.
+    body = {"prompt": "a slow fox", "settings": {"width": 512, "height": 512, "num_inference_steps": 50}}
     barrier = threading.Barrier(16)
 
     def submit(_: int) -> httpx.Response:

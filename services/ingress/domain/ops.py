@@ -22,6 +22,7 @@ from schemas.api import (
     RebuildAnswer,
 )
 from schemas.layout import DataLayout
+from services.files import write_atomic
 from services.ingress.auth import Principal
 from services.ingress.domain.errors import Invalid, Unavailable
 from services.ingress.domain.links import BusLink
@@ -31,15 +32,10 @@ EVERYONE = Scope(everyone=True)
 
 
 def data_dir_writable(layout: DataLayout) -> bool:
-    """Probe by writing (and fsyncing) a small file: `os.access` says yes on a full disk."""
-    probe = layout.base / f".health.{os.getpid()}.tmp"
+    """Probe by writing a small file durably: `os.access` says yes on a full disk."""
+    probe = layout.base / f".health-probe.{os.getpid()}"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"darkroom health probe\n" * 200)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(probe, b"darkroom health probe\n" * 200)
         return True
     except OSError:
         return False

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
-from yarl import URL
 import msgspec
 import structlog
 from aio_pika.abc import (
@@ -32,6 +31,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from yarl import URL
 
 from schemas import topology
 from schemas.events import TRANSIENT_EVENTS, AnyCommand, AnyEvent, Command, Event, new_id
@@ -172,7 +172,7 @@ class Bus:
             await ex.publish(message, routing_key=key, mandatory=not transient, timeout=PUBLISH_TIMEOUT)
         except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
             raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
-        except (*CONNECTION_ERRORS, asyncio.TimeoutError) as exc:
+        except (TimeoutError, *CONNECTION_ERRORS) as exc:
             raise BrokerUnavailable(f"broker unreachable while publishing {key}: {exc}") from exc
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
@@ -244,7 +244,7 @@ class Bus:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any handler failure parks the message, never kills the service
+            except Exception as exc:
                 log.exception("handler failed; message dead-lettered", queue=queue_name)
                 if on_failure is not None:
                     try:
@@ -325,7 +325,7 @@ class Bus:
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
                 await handle(event_decoder.decode(message.body))
-            except Exception:  # noqa: BLE001 - a follower must not die on one odd message
+            except Exception:
                 log.exception("subscriber failed on a message; skipped", queue=queue.name)
             await settle(message.ack())
 

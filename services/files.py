@@ -39,7 +39,7 @@ def write_atomic_many(files: list[tuple[Path, bytes]], *, durable: bool = True, 
                     os.fsync(fd)
             finally:
                 os.close(fd)
-        for temp, (path, _) in zip(temps, files):
+        for temp, (path, _) in zip(temps, files, strict=False):
             os.replace(temp, path)
     except BaseException:
         for temp in temps:

@@ -16,7 +16,7 @@ from schemas.layout import DataLayout
 from schemas.settings import Settings, SettingsError
 from schemas.topology import Topology
 from services import logs
-from services.bus import Bus, BrokerUnavailable
+from services.bus import BrokerUnavailable, Bus
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

@@ -17,9 +17,9 @@ from ops.bench.jobs import SMALL_JOB, run_job, submit
 from ops.bench.load import load
 from ops.bench.stack import Stack, cpu_seconds, helper_process, rss
 from ops.broker import free_port
+from schemas import topology
 from schemas.events import JobAccepted
 from schemas.jobs import GenerationSettings, JobSpec
-from schemas import topology
 from schemas.topology import Topology
 
 MB = 1024 * 1024
@@ -53,7 +53,7 @@ async def overhead(ctx: Context) -> list[Measurement]:
                     bare_large.append(await bare.call(2000 + n, size=256, steps=20))
     finally:
         await follower.close()
-    added_ms = [(a - b) * 1000 for a, b in zip(ours, theirs)]
+    added_ms = [(a - b) * 1000 for a, b in zip(ours, theirs, strict=False)]
     total, bare_total = sum(ours), sum(theirs)
     p50_added = percentile(added_ms, 50)
     measurements = [
@@ -71,7 +71,7 @@ async def overhead(ctx: Context) -> list[Measurement]:
         measurements.append(Measurement(
             case="overhead", metric="total time, 10 sequential 256 px 20-step jobs", unit="s",
             darkroom=sum(large), baseline=sum(bare_large),
-            details={"added_ms_p50": round(percentile([(a - b) * 1000 for a, b in zip(large, bare_large)], 50), 1)},
+            details={"added_ms_p50": round(percentile([(a - b) * 1000 for a, b in zip(large, bare_large, strict=False)], 50), 1)},
         ))
     return measurements
 
@@ -224,7 +224,7 @@ async def broker(ctx: Context) -> list[Measurement]:
             await stack.wait_consuming(("generator",))
             pids = {**stack.service_pids(), "noop-generator": noop.pid}
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            elapsed, ids = await _publish_accepted(ctx.amqp_url, stack.namespace, jobs, follower)
+            elapsed, _ids = await _publish_accepted(ctx.amqp_url, stack.namespace, jobs, follower)
             cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
         events = sum(follower.counts.values())
     finally:

@@ -194,6 +194,6 @@ def table(measurements: list[Measurement]) -> str:
         rows.append((m.case, f"{m.metric} [{m.unit}]", _fmt(m.darkroom), _fmt(m.baseline),
                      "-" if ratio is None else f"{ratio:.2f}x", target))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)

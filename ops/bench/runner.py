@@ -65,11 +65,15 @@ async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_ur
         started_at=started_at, seconds=round(time.monotonic() - started, 1), quick=quick,
         machine=machine_info(), commit=commit_id(), measurements=measurements, failures=failures,
     )
-    results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{started_at:%Y%m%dT%H%M%SZ}{'-quick' if quick else ''}.json"
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))
+    await asyncio.to_thread(_write_report, path, report)
     print(table(measurements))
     if failures:
         print(f"\nfailed cases: {failures}")
     print(f"\nresults: {path}")
     return path
+
+
+def _write_report(path: Path, report: Report) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))

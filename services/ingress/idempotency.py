@@ -59,7 +59,7 @@ class IdempotencyStore:
                     path.unlink(missing_ok=True)
                     continue
                 if earlier.fingerprint != print_:
-                    raise Conflict("Idempotency-Key was already used with a different request body")
+                    raise Conflict("Idempotency-Key was already used with a different request body") from None
                 return earlier
         raise Conflict("Idempotency-Key is being used by a concurrent request; retry shortly")
 

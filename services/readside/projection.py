@@ -322,7 +322,7 @@ class Projection:
                 cancelled[event.job_id] = _utc(event.occurred_at)
                 for image_id, row in images.items():  # saved earlier in this batch
                     if row[1] == event.job_id:
-                        images[image_id] = row[:-2] + (_utc(event.occurred_at), "cancelled")
+                        images[image_id] = (*row[:-2], _utc(event.occurred_at), "cancelled")
         last_at = _utc(events[-1].occurred_at) if events else self._read_at.last_event_at
         self._read_at = Position(file, offset, self._read_at.events + len(lines), last_at)
         self._trim()

@@ -39,7 +39,7 @@ async def sweep_forever(reaper: Reaper, bus, every: float) -> None:
             deaf = False
         try:
             result = await reaper.sweep()
-        except Exception:  # noqa: BLE001 - a failed sweep is logged; the next one tries again
+        except Exception:
             log.exception("sweep failed")
             continue
         if result.job_ids:
@@ -61,7 +61,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         async def on_parked(message: AbstractIncomingMessage) -> None:
             try:
                 await reaper.fail_parked(message)
-            except Exception:  # noqa: BLE001 - never lose the parked copy over a failure here
+            except Exception:
                 log.exception("could not fail a parked job; leaving the message")
                 await settle(message.nack(requeue=True))
                 await asyncio.sleep(1)

@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -106,13 +105,13 @@ def test_f1_concurrent_submits_cannot_exceed_the_daily_images(stack: Stack) -> N
 
 
 def test_f2_an_image_deleted_while_its_job_saves_never_comes_back(stack: Stack) -> None:
+    sidecars = stack.data_dir / "images"
     with stack.client() as client:
         for _ in range(3):
             job_id = client.post("/v1/jobs", json={"prompt": "eight foxes", "settings": {
                 "width": 128, "height": 128, "num_inference_steps": 2, "num_images": 8}}).json()["id"]
             image_id = f"{job_id}_1"
-            sidecars = stack.data_dir / "images"
-            wait_for_sync(lambda: any(sidecars.rglob(f"{image_id}.json")), timeout=60, interval=0.005,
+            wait_for_sync(lambda image_id=image_id: any(sidecars.rglob(f"{image_id}.json")), timeout=60, interval=0.005,
                           what="the first image's sidecar")
             answer = client.delete(f"/v1/images/{image_id}")
             assert answer.status_code in (200, 409), answer.text

@@ -40,7 +40,7 @@ async def client(secured, bus):
 
 
 async def test_requests_without_a_valid_key_are_401(client, secured):
-    settings, tokens = secured
+    _settings, tokens = secured
     cases = {
         "no key": {},
         "malformed": {"Authorization": "Bearer not-a-token"},

@@ -6,9 +6,7 @@ import asyncio
 import io
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
-import aio_pika
 import msgspec
 from PIL import Image
 

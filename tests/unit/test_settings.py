@@ -49,7 +49,7 @@ def test_catalog_resolves_relative_sources_and_keeps_hub_ids():
 
 
 def test_catalog_errors_say_where():
-    with pytest.raises(CatalogError, match="darkroom.toml"):
+    with pytest.raises(CatalogError, match=r"darkroom.toml"):
         parse_catalog('[models.x]\nsource = "a"\nwidth = 3\n', Path("darkroom.toml"), Path("var"))
     with pytest.raises(CatalogError, match="default model 'nope' is not in"):
         parse_catalog('default = "nope"\n', Path("darkroom.toml"), Path("var"))

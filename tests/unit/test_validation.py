@@ -133,7 +133,7 @@ def test_bad_requests_name_what_is_wrong(fields, message):
 
 
 def test_a_model_over_its_own_limits_is_refused():
-    with pytest.raises(Invalid, match="settings.width 2048 is over the limit of 1536 for model 'big'"):
+    with pytest.raises(Invalid, match=r"settings.width 2048 is over the limit of 1536 for model 'big'"):
         resolve(model="big", settings={"width": 2048})
 
 

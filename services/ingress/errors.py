@@ -43,8 +43,11 @@ def domain_error(request: Request, exc: DomainError) -> Response:
     return Response(_body(exc.message), status_code=status, headers=headers)
 
 
-def validation_error(_: Request, exc: ValidationException) -> Response:
+def validation_error(request: Request, exc: ValidationException) -> Response:
     """Litestar's body/parameter validation, rephrased to name the field."""
+    if request.method in ("POST", "PUT", "PATCH") and request.headers.get("content-length", "0") == "0" and \
+            "data" in str(exc.detail) + str(exc.extra):
+        return Response(_body("the request body is empty: send a JSON object"), status_code=400)
     problems = []
     for item in exc.extra or []:
         if isinstance(item, dict):

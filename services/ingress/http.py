@@ -31,7 +31,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise Invalid(f"the JSON body gives the key {key!r} twice in one object; give each key once")
+            raise Invalid(f"duplicate key {key!r} in one object of the JSON body; give each key once")
         found[key] = value
     return found
 

@@ -66,7 +66,12 @@ class _Rate(msgspec.Struct):
 
 
 class _Active(msgspec.Struct):
-    jobs: list[str] = []
+    jobs: list[tuple[str, float]] = []  # (job id, when it was reserved)
+
+
+# A reserved job's document appears only once the broker confirmed it: until then a missing
+# document means "being accepted", not "gone" (a reservation whose publish failed is released).
+ACCEPTING_SECONDS = 120.0
 
 
 def _read(path: Path, kind: type):
@@ -101,6 +106,9 @@ class Reservations:
         finally:
             os.close(fd)  # releases the lock
 
+    def _still_active(self, jobs: list[tuple[str, float]], now: float) -> list[tuple[str, float]]:
+        return [(job, at) for job, at in jobs if now - at < ACCEPTING_SECONDS or not self.job_ended(job)]
+
     def reserve(self, identity: str, job_id: str, images: int, caps: Caps, who: str) -> Reservation:
         """Reserve one request, `images` images and one queued job for `identity`, or raise
         LimitReached naming the limit (and reserve nothing). Blocking: call it off the event loop."""
@@ -126,7 +134,7 @@ class Reservations:
                                    f"today (UTC), this job asks for {images}; it resets in {duration(wait)}", wait)
             active = _read(folder / "active.json", _Active)
             if caps.queued_jobs is not None:
-                active.jobs = [job for job in active.jobs if not self.job_ended(job)]
+                active.jobs = self._still_active(active.jobs, now)
                 if len(active.jobs) >= caps.queued_jobs:
                     _write(folder / "active.json", active)
                     raise LimitReached(f"too many jobs in the queue: {len(active.jobs)} pending or processing, the "
@@ -137,7 +145,7 @@ class Reservations:
             usage.images += images
             _write(usage_path, usage)
             if caps.queued_jobs is not None:
-                active.jobs.append(job_id)
+                active.jobs.append((job_id, now))
                 _write(folder / "active.json", active)
         return Reservation(identity=identity, job_id=job_id, images=images, day=f"{today:%Y-%m-%d}", at=now)
 
@@ -153,9 +161,9 @@ class Reservations:
             usage.images = max(0, usage.images - reservation.images)
             _write(usage_path, usage)
             active = _read(folder / "active.json", _Active)
-            if reservation.job_id in active.jobs:
-                active.jobs.remove(reservation.job_id)
-                _write(folder / "active.json", active)
+            kept = [(job, at) for job, at in active.jobs if job != reservation.job_id]
+            if len(kept) != len(active.jobs):
+                _write(folder / "active.json", _Active(jobs=kept))
 
     def usage(self, identity: str, caps: Caps) -> dict[str, int]:
         """What `identity` has used: requests in the rate window, images today, jobs queued."""
@@ -164,7 +172,7 @@ class Reservations:
         counted = _read(folder / "rate.json", _Rate)
         hits = counted.hits if caps.rate is not None and counted.rate == str(caps.rate) else []
         window = caps.rate.get_expiry() if caps.rate is not None else 0
-        active = [job for job in _read(folder / "active.json", _Active).jobs if not self.job_ended(job)]
+        active = self._still_active(_read(folder / "active.json", _Active).jobs, now)
         return {
             "queued_jobs": len(active),
             "daily_images": _read(folder / f"{datetime.now(UTC):%Y-%m-%d}.json", _Usage).images,

@@ -59,6 +59,8 @@ def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layou
     for name, text in (("prompt", prompt), ("negative_prompt", request.negative_prompt or "")):
         if len(text) > settings.max_prompt_length:
             raise _bad(f"{name} is {len(text)} characters; the limit is {settings.max_prompt_length}")
+    if request.model is not None and not request.model.strip():
+        raise _bad("model must not be empty: name a model (GET /v1/models), or leave it out for the default")
     try:
         entry = catalog.model(request.model)
     except KeyError as exc:

@@ -264,7 +264,7 @@ class Projection:
             if writing is not None:
                 writing.result()
             if applied and (applied > BIG_CATCH_UP or self._wal_bytes() > CHECKPOINT_WAL_BYTES):
-                self.con.execute("CHECKPOINT")
+                self._checkpoint()
         except BaseException:
             # The documents in memory ran ahead of what was committed: start again from the file.
             if writing is not None:
@@ -274,6 +274,14 @@ class Projection:
             self.position = self._read_at = self._load_position()
             raise
         return applied
+
+    def _checkpoint(self) -> None:
+        """Write the WAL into the database file, unless a reader's transaction is open right now
+        (then the next catch-up tries again; never abort a reader for it)."""
+        try:
+            self.con.execute("CHECKPOINT")
+        except duckdb.TransactionException:
+            pass
 
     def _wal_bytes(self) -> int:
         try:
@@ -441,7 +449,7 @@ class Projection:
                 raise
         self.position = self._read_at = shadow.position
         self._docs = shadow._docs
-        self.con.execute("CHECKPOINT")
+        self._checkpoint()
         return applied + self.catch_up()  # what arrived while it was replaying
 
 

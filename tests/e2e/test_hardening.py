@@ -111,7 +111,7 @@ def test_f2_an_image_deleted_while_its_job_saves_never_comes_back(stack: Stack) 
             job_id = client.post("/v1/jobs", json={"prompt": "eight foxes", "settings": {
                 "width": 128, "height": 128, "num_inference_steps": 2, "num_images": 8}}).json()["id"]
             image_id = f"{job_id}_1"
-            wait_for_sync(lambda image_id=image_id: any(sidecars.rglob(f"{image_id}.json")), timeout=60, interval=0.005,
+            wait_for_sync(lambda image_id=image_id: any(sidecars.rglob(f"{image_id}.json")), timeout=120, interval=0.005,
                           what="the first image's sidecar")
             answer = client.delete(f"/v1/images/{image_id}")
             assert answer.status_code in (200, 409), answer.text
@@ -208,7 +208,7 @@ def test_f9_concurrent_cancels_give_one_202_and_one_cancelled_event(stack: Stack
     with stack.client() as client:
         job_id = client.post("/v1/jobs", json={"prompt": "cancel me", "settings": {
             "width": 64, "height": 64, "num_inference_steps": 40}}).json()["id"]
-        wait_for_sync(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "processing", timeout=60,
+        wait_for_sync(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "processing", timeout=120,
                       what="the job to start")
 
         def cancel(_: int) -> int:
@@ -287,7 +287,8 @@ def test_f13_the_sql_routes_configuration_is_locked(stack: Stack) -> None:
 
 def test_f14_heavy_sql_never_starves_health_or_images(stack: Stack) -> None:
     heavy = {"sql": "SELECT count(*) FROM range(3000000000) t(a), range(2) u(b) WHERE a % 7 = b"}
-    with stack.client() as client, ThreadPoolExecutor(6) as pool:
+    # Each heavy query runs until the route interrupts it (30 s); the client waits longer.
+    with httpx.Client(base_url=stack.url, timeout=60, headers=stack.auth) as client, ThreadPoolExecutor(6) as pool:
         running = [pool.submit(client.post, "/v1/ops/query", json=heavy) for _ in range(6)]
         try:
             time.sleep(0.5)

@@ -368,7 +368,9 @@ def test_f18_readers_never_see_a_partial_projection_during_rebuild(stack: Stack)
             stop.set()
             for thread in readers:
                 thread.join()
-    assert seen and set(seen) == {expected}, sorted(set(seen))
+    # Jobs of earlier tests may still complete meanwhile (totals only grow); a partial or empty
+    # projection would show fewer.
+    assert seen and min(seen) >= expected, sorted(set(seen))
 
 
 # -- F4: DuckDB memory is bounded ----------------------------------------------------------------

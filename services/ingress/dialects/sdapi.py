@@ -309,6 +309,8 @@ def validation_error(_: Request, exc: ValidationException) -> Response:
 
 
 def http_error(_: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 400:  # a body that does not parse: FastAPI (and so A1111) answers 422
+        return error_response(422, "ValidationError", str(exc.detail))
     return error_response(exc.status_code, type(exc).__name__, str(exc.detail), dict(exc.headers or {}))
 
 

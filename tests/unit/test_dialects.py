@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,6 @@ from services.ingress.domain import errors
 from services.ingress.domain.errors import DomainError, Invalid
 from services.ingress.domain.pnginfo import parse_parameters
 from services.ingress.domain.waiting import StillRunning
-from pathlib import Path
 
 CATALOG = Catalog(models={TINY_MODEL_ID: tiny_model_entry(Path("/nowhere"))}, default=TINY_MODEL_ID, styles={})
 DOMAIN_ERRORS = [kind for kind in vars(errors).values()
@@ -73,7 +73,7 @@ def test_loras_come_out_of_the_prompt_as_a1111_reads_them():
 
 
 def test_unsupported_a1111_fields_are_refused_by_name():
-    for name, neutral in sdapi.NEUTRAL.items():
+    for name in sdapi.NEUTRAL:
         if name in Txt2ImgBody.__struct_fields__:
             body = Txt2ImgBody(prompt="x", **{name: "something else"})
             with pytest.raises(Invalid, match=f"^{name}:"):

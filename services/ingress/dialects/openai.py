@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import Provide
@@ -61,6 +63,8 @@ from services.ingress.routes.common import (
     LimitsDep,
 )
 
+log = structlog.get_logger("ingress")
+
 # -- mapping tables ------------------------------------------------------------------------------------
 
 ALIASES = ("dall-e-2", "dall-e-3", "gpt-image-1")
@@ -78,6 +82,7 @@ QUALITY_STEPS: dict[str, float] = {"standard": 1.0, "hd": 1.5, "low": 0.5, "medi
 # style -> a Darkroom style template (None: the prompt as written)
 STYLES: dict[str, str | None] = {"vivid": "enhance", "natural": None}
 RESPONSE_FORMATS = ("b64_json", "url")
+_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})", re.ASCII)
 # Variations have no prompt: the image's own embedded prompt if it has one, else this.
 VARIATION_PROMPT = "a variation of this image"
 # Our domain errors -> (HTTP status, OpenAI error type, code)
@@ -237,10 +242,10 @@ def _size(size: str | None, alias: str, entry: ModelEntry) -> tuple[int, int] | 
         return None
     if allowed is not None and size not in allowed:
         raise _Refused("size", f"'{size}' is not one of {list(allowed)} - 'size'")
-    width, sep, height = size.partition("x")
-    if not (sep and width.isdigit() and height.isdigit() and int(width) >= 8 and int(height) >= 8):
+    match = _SIZE.fullmatch(size)
+    if match is None or int(match.group(1)) < 8 or int(match.group(2)) < 8:
         raise _Refused("size", f"size must look like 1024x1024, got {size!r}")
-    w, h = int(width), int(height)
+    w, h = int(match.group(1)), int(match.group(2))
     scale = min(1.0, entry.limits.max_width / w, entry.limits.max_height / h)
     return max(8, int(w * scale) // 8 * 8), max(8, int(h * scale) // 8 * 8)
 
@@ -397,7 +402,8 @@ def storage_error(_: Request, exc: OSError) -> Response:
                           code="service_unavailable", headers={"Retry-After": "30"})
 
 
-def internal_error(_: Request, __: Exception) -> Response:
+def internal_error(request: Request, _: Exception) -> Response:
+    log.exception("unhandled error", path=request.url.path)
     return error_response(500, "server_error", "internal error; it has been logged")
 
 

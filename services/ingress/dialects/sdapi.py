@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
+import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -75,6 +76,8 @@ from services.ingress.routes.common import (
     LayoutDep,
     LimitsDep,
 )
+
+log = structlog.get_logger("ingress")
 
 # -- mapping tables ------------------------------------------------------------------------------------
 
@@ -324,7 +327,8 @@ def storage_error(_: Request, exc: OSError) -> Response:
                           {"Retry-After": "30"})
 
 
-def internal_error(_: Request, __: Exception) -> Response:
+def internal_error(request: Request, _: Exception) -> Response:
+    log.exception("unhandled error", path=request.url.path)
     return error_response(500, "InternalError", "internal error; it has been logged")
 
 

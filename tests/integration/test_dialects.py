@@ -81,3 +81,10 @@ async def test_malformed_json_and_a_bad_upload_are_4xx_in_shape(client):
     assert upload.status_code == 400 and upload.json()["error"]["param"] == "image"
     sd = await client.post("/sdapi/v1/txt2img", content=b"[", headers={"content-type": "application/json"})
     assert sd.status_code == 422 and sd.json()["error"] == "ValidationError"
+
+
+async def test_a_binary_text_field_in_a_form_is_a_400(client):
+    body = (b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n\xff\xfe\r\n--b--\r\n')
+    answer = await client.post("/openai/v1/images/edits", content=body,
+                               headers={"content-type": "multipart/form-data; boundary=b"})
+    assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error"

@@ -402,13 +402,19 @@ def storage_error(_: Request, exc: OSError) -> Response:
                           code="service_unavailable", headers={"Retry-After": "30"})
 
 
+def undecodable_form(_: Request, __: UnicodeDecodeError) -> Response:
+    """Litestar's multipart parser raises this for a text field that is not UTF-8."""
+    return error_response(400, "invalid_request_error", "a form field that should be text is not UTF-8")
+
+
 def internal_error(request: Request, _: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
     return error_response(500, "server_error", "internal error; it has been logged")
 
 
 EXCEPTION_HANDLERS = {DomainError: domain_error, ValidationException: validation_error, HTTPException: http_error,
-                      BrokerUnavailable: broker_error, OSError: storage_error, Exception: internal_error}
+                      BrokerUnavailable: broker_error, OSError: storage_error, UnicodeDecodeError: undecodable_form,
+                      Exception: internal_error}
 WHY = {400: "A parameter is wrong or not supported; `param` names it", 401: "No or an invalid key",
        404: "No such model", 408: "The job did not end within DARKROOM_DIALECT_WAIT; it goes on",
        409: "The job was cancelled", 413: "The request body is too large",

@@ -89,6 +89,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ops_query_slots: int = 2
     # Seconds an image is kept before the retention janitor deletes it (image.expired); 0: forever.
     image_ttl: float = 0.0
+    # Foreign dialects (OpenAI Images under /openai/v1, A1111's sdapi under /sdapi/v1): seconds a
+    # synchronous call holds the request while its job runs (the job goes on after that, and stays
+    # retrievable under /v1/jobs); whether callers without credentials are let in from loopback
+    # (`loopback`, as the anonymous tenant, limited per IP by anonymous_rate) or not (`off`);
+    # A1111's --api-auth, "user:password[,user2:password2]", each user its own tenant; and OpenAI
+    # model aliases mapped to catalog models, "dall-e-3=sdxl,gpt-image-1=sdxl" (unnamed ones: the
+    # default model).
+    dialect_wait: float = 600.0
+    dialect_anonymous: Literal["loopback", "off"] = "loopback"
+    sdapi_auth: str = ""
+    openai_models: str = ""
 
     @property
     def service_list(self) -> tuple[str, ...]:
@@ -137,7 +148,7 @@ def parse_duration(name: str, raw: str) -> float:
 def _parse(name: str, raw: str, kind: object) -> object:
     if name == "DARKROOM_MEMORY_BUDGET":
         return parse_size(name, raw)
-    if name == "DARKROOM_IMAGE_TTL":
+    if name in ("DARKROOM_IMAGE_TTL", "DARKROOM_DIALECT_WAIT"):
         return parse_duration(name, raw)
     if kind is int:
         try:

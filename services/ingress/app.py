@@ -21,6 +21,7 @@ from services import runtime
 from services.bus import BrokerUnavailable, Bus
 from services.files import sweep_temp_files
 from services.ingress.auth import KeyStore
+from services.ingress.dialects import DIALECT_ROUTES
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.errors import EXCEPTION_HANDLERS
@@ -96,7 +97,7 @@ def create_app(settings: Settings) -> Litestar:
             await asyncio.to_thread(readside.close)
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *DIALECT_ROUTES],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=DarkroomRequest,
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> Litestar:
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer", description="drk_<id>_<secret>"),
                 "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+                "basic": SecurityScheme(type="http", scheme="basic", description="sdapi: DARKROOM_SDAPI_AUTH users"),
             }),
             security=[{"bearer": []}, {"apiKey": []}],
         ),

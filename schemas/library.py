@@ -136,12 +136,3 @@ class Preset(PresetBody, kw_only=True):
 
 class PresetList(msgspec.Struct, kw_only=True):
     presets: list[Preset]
-
-
-class Applied(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What a job took from its session and preset: field -> `session` or `preset` (settings as
-    `settings.<name>`, LoRAs as `loras.<name>`); the job document records it."""
-
-    session: str | None = None
-    preset: str | None = None
-    fields: dict[str, str] = {}

@@ -85,6 +85,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace: float = 10.0
     # Seconds an image is kept before the retention janitor deletes it (image.expired); 0: forever.
     image_ttl: float = 0.0
+    # An OpenAI-compatible chat endpoint the enricher asks to rewrite styled prompts (overrides
+    # darkroom.toml's [enrichment.llm] url and model); empty: style templates only.
+    enrich_llm_url: str = ""
+    enrich_llm_model: str = ""
 
     @property
     def service_list(self) -> tuple[str, ...]:

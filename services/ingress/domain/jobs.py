@@ -20,6 +20,7 @@ from services.bus import Bus
 from services.ingress.auth import Limits, Principal
 from services.ingress.domain.errors import Conflict, Invalid, NotFound
 from services.ingress.domain.files import JobFiles
+from services.ingress.domain.layers import apply_layers
 from services.ingress.domain.links import BusLink
 from services.ingress.idempotency import (
     ABANDONED_SECONDS,
@@ -53,7 +54,11 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
     """
     owner = principal.owner
     await limits.check_rate(principal)
-    resolved = resolve_job(request, catalog, settings, layout, principal)
+    # Job values win, then the session's, then the preset's, then the model's defaults (layers.py).
+    layered_request, applied = apply_layers(request, principal, layout)
+    resolved = resolve_job(layered_request, catalog, settings, layout, principal)
+    if applied is not None:
+        resolved.spec = msgspec.structs.replace(resolved.spec, applied=applied)
     connected = bus.require()
     job_id = new_id()
     if idempotency_key is not None:

@@ -7,34 +7,10 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
+from ops.bench.library import kohya_metadata, write_lora
 
-def kohya_metadata(base: str = "sd_v1", dataset: str = "10_foxstyle",
-                   tags: dict[str, int] | None = None) -> dict[str, str]:
-    """Metadata as kohya's sd-scripts writes it (strings only, JSON inside some)."""
-    tags = tags or {"foxstyle": 40, "red fur": 22, "forest": 9}
-    return {
-        "ss_base_model_version": base,
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": "4",
-        "ss_output_name": dataset.split("_", 1)[-1],
-        "ss_tag_frequency": json.dumps({dataset: tags}),
-        "ss_dataset_dirs": json.dumps({dataset: {"n_repeats": 10, "img_count": 12}}),
-    }
-
-
-def write_lora(path: Path, metadata: dict[str, str], weights_from: Path | None = None) -> Path:
-    """A real safetensors LoRA: the tensors of `weights_from` (a LoRA for the tiny model) or one
-    small tensor, with `metadata` in its header."""
-    import numpy as np
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(weights_from)) if weights_from else {
-        "lora_unet_down_blocks_0.lora_down.weight": np.zeros((4, 8), dtype=np.float32)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+__all__ = ["FakeLlm", "kohya_metadata", "write_lora"]
 
 
 class FakeLlm:

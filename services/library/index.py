@@ -81,6 +81,7 @@ class View:
     """
 
     MAX_PREFIX = 24
+    WARM_PREFIXES = 8
 
     def __init__(self, entries: dict[str, Entry]):
         self.entries = entries
@@ -100,7 +101,9 @@ class View:
         self.post_term = np.fromiter((t for t, _ in best), dtype=np.int64, count=len(best))
         self.post_entry = np.fromiter((e for _, e in best), dtype=np.int64, count=len(best))
         self.post_weight = np.fromiter(best.values(), dtype=np.float64, count=len(best))
-        self._prefixes: dict[int, list[str]] = {}
+        self._prefixes: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
+        for length in range(1, self.WARM_PREFIXES + 1):  # here, in the scan's thread, not in a query
+            self._prefix_terms(length)
 
     def _prefix_terms(self, length: int) -> tuple[list[str], np.ndarray, np.ndarray]:
         """The distinct prefixes of `length` characters (a shorter term is its own prefix), which

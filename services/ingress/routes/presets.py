@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from schemas.library import Preset, PresetBody, PresetList
@@ -35,7 +36,8 @@ class PresetRoutes(Controller):
         """Another key's preset is a 404, like a missing one."""
         return await presets.get_preset(preset_id, principal, layout=layout)
 
-    @put("/{preset_id:str}", summary="Create or replace a preset", responses=errors(400, 409, 413))
+    @put("/{preset_id:str}", summary="Create or replace a preset",
+         responses={201: ResponseSpec(data_container=Preset, description="Created")} | errors(400, 409, 413))
     async def put(self, principal: Caller, layout: LayoutDep, catalog: CatalogDep, preset_id: FromPath[str],
                   data: Annotated[PresetBody, json_body("a preset", PRESET_EXAMPLE)]) -> Response[Preset]:
         preset, created = await presets.put_preset(preset_id, data, principal, layout=layout, catalog=catalog)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post, put
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from schemas.library import Session, SessionBody, SessionLora
@@ -22,7 +23,8 @@ class SessionRoutes(Controller):
         """Another key's session is a 404, like a missing one."""
         return await sessions.get_session(session_id, principal, layout=layout)
 
-    @put("/{session_id:str}", summary="Create or replace a session", responses=errors(400, 409, 413))
+    @put("/{session_id:str}", summary="Create or replace a session",
+         responses={201: ResponseSpec(data_container=Session, description="Created")} | errors(400, 409, 413))
     async def put(self, principal: Caller, layout: LayoutDep, catalog: CatalogDep, session_id: FromPath[str],
                   data: Annotated[SessionBody, json_body("a session's defaults", LAYER_EXAMPLE)]) -> Response[Session]:
         """Its model, settings, LoRAs, style, negative prompt and preset fill what a job naming

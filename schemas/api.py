@@ -56,6 +56,10 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     init_image_id: Annotated[str | None, msgspec.Meta(description="img2img/inpaint input: the id of an image Darkroom holds")] = None
     mask_image: Annotated[str | None, msgspec.Meta(description="inpaint: base64 mask, white = repaint, same size as the init image")] = None
     loras: list[LoraInput] = msgspec.field(default_factory=list)
+    session: Annotated[str | None, msgspec.Meta(
+        description="A session (space) of yours: its LoRAs and settings fill what this job leaves out")] = None
+    preset: Annotated[str | None, msgspec.Meta(
+        description="A preset of yours: fills what the job and its session leave out")] = None
 
 
 class JobCreated(msgspec.Struct, kw_only=True):

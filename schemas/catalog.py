@@ -105,12 +105,35 @@ class Style(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     description: str = ""
 
 
+class LlmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[enrichment.llm]`: an OpenAI-compatible chat endpoint that rewrites prompts in the chosen
+    style. Off (no request leaves the machine) unless `url` is set here or in
+    DARKROOM_ENRICH_LLM_URL; any failure falls back to the style's template."""
+
+    # The API base (".../v1") or the full ".../chat/completions" URL.
+    url: str = ""
+    model: str = ""
+    # The environment variable holding the API key (sent as a Bearer token), if it needs one.
+    api_key_env: str | None = None
+    timeout_s: float = 10.0
+    # Further attempts after a failed one (0-3), each with the full timeout.
+    retries: int = 1
+    max_tokens: int = 200
+
+
+class EnrichmentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[enrichment]`: how the enricher settles prompts (style templates by default)."""
+
+    llm: LlmConfig = LlmConfig()
+
+
 class Catalog(msgspec.Struct, frozen=True, kw_only=True):
     """Every model and style this installation offers."""
 
     models: dict[str, ModelEntry]
     default: str
     styles: dict[str, Style]
+    enrichment: EnrichmentConfig = EnrichmentConfig()
 
     def model(self, model_id: str | None) -> ModelEntry:
         """The entry for `model_id` (the default when None); KeyError names the valid ids."""
@@ -125,6 +148,7 @@ class _CatalogFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default: str | None = None
     models: dict[str, ModelEntry] = {}
     styles: dict[str, Style] = {}
+    enrichment: EnrichmentConfig = EnrichmentConfig()
 
 
 DEFAULT_STYLES: dict[str, Style] = {
@@ -204,4 +228,8 @@ def parse_catalog(text: str, path: Path, data_dir: Path) -> Catalog:
     default = parsed.default or TINY_MODEL_ID
     if default not in models:
         raise CatalogError(f"{path}: default model {default!r} is not in [models]")
-    return Catalog(models=models, default=default, styles={**DEFAULT_STYLES, **parsed.styles})
+    llm = parsed.enrichment.llm
+    if not 0 <= llm.retries <= 3 or not 0 < llm.timeout_s <= 300:
+        raise CatalogError(f"{path}: [enrichment.llm] retries must be 0-3 and timeout_s 0-300 s")
+    return Catalog(models=models, default=default, styles={**DEFAULT_STYLES, **parsed.styles},
+                   enrichment=parsed.enrichment)

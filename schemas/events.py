@@ -15,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from schemas import topology as t
-from schemas.jobs import ImageMetadata, ImageRecord, JobDocument, JobSpec
+from schemas.jobs import Enrichment, ImageMetadata, ImageRecord, JobDocument, JobSpec
 
 ProgressPhase = Literal["preparing", "loading_model", "generating", "hires", "saving"]
 
@@ -49,6 +49,8 @@ class JobEnriched(Event, tag=t.JOB_ENRICHED, kw_only=True):
     negative_prompt: str | None = None
     original_prompt: str
     style: str | None = None
+    # Which path settled the prompt (template, LLM, or none); absent from older enrichers.
+    enrichment: Enrichment | None = None
 
 
 class JobStarted(Event, tag=t.JOB_STARTED, kw_only=True):

@@ -56,6 +56,27 @@ class LoraRef(msgspec.Struct, frozen=True):
     weight: float = 1.0
 
 
+class Applied(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a job took from the session and preset it named: field -> `session` or `preset`
+    (settings as `settings.<name>`, LoRAs as `loras.<name>`). Anything not listed was the job's
+    own or the model's default."""
+
+    session: str | None = None
+    preset: str | None = None
+    fields: dict[str, str] = {}
+
+
+class Enrichment(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How the enricher settled the prompt: `none` (no style), `template` (the style's template)
+    or `llm` (rewritten by the configured LLM); `error` says why an LLM attempt fell back to the
+    template."""
+
+    path: Literal["none", "template", "llm"]
+    llm_model: str | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A validated job: what to generate, with which model and settings."""
 
@@ -72,6 +93,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     loras: tuple[LoraRef, ...] = ()
     # Things the user should know about how the request was taken (e.g. an ignored field).
     notices: tuple[str, ...] = ()
+    # What came from the session and preset the job named (None: it named neither).
+    applied: Applied | None = None
 
 
 class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,13 +168,15 @@ class JobDocument(msgspec.Struct, kw_only=True):
     # Input images, as paths inside the data directory.
     init_image: str | None = None
     mask_image: str | None = None
+    applied: Applied | None = None
+    enrichment: Enrichment | None = None
 
     def spec(self) -> JobSpec:
         """The job as the generator needs it (prompts as enriched), e.g. to queue it again."""
         return JobSpec(
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model, style=self.style,
             settings=self.settings, owner=self.owner, mode=self.mode, init_image=self.init_image,
-            mask_image=self.mask_image, loras=self.loras, notices=self.notices,
+            mask_image=self.mask_image, loras=self.loras, notices=self.notices, applied=self.applied,
         )
 
     @classmethod
@@ -176,4 +201,5 @@ class JobDocument(msgspec.Struct, kw_only=True):
             notices=spec.notices,
             init_image=spec.init_image,
             mask_image=spec.mask_image,
+            applied=spec.applied,
         )

@@ -55,6 +55,7 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
             doc.negative_prompt = event.negative_prompt
             doc.original_prompt = event.original_prompt
             doc.style = event.style
+            doc.enrichment = event.enrichment
             doc.message = "Prompt ready" + (f" (style {event.style})" if event.style else "")
         case JobStarted():
             doc.status = "processing"

@@ -100,6 +100,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dialect_anonymous: Literal["loopback", "off"] = "loopback"
     sdapi_auth: str = ""
     openai_models: str = ""
+    # An OpenAI-compatible chat endpoint the enricher asks to rewrite styled prompts (overrides
+    # darkroom.toml's [enrichment.llm] url and model); empty: style templates only.
+    enrich_llm_url: str = ""
+    enrich_llm_model: str = ""
 
     @property
     def service_list(self) -> tuple[str, ...]:

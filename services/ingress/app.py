@@ -29,6 +29,7 @@ from services.ingress.http import DarkroomRequest
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.limits import Limits
 from services.ingress.routes import DEPENDENCIES, ROUTES
+from services.library import LoraLibrary
 from services.readside import ReadSide
 
 log = structlog.get_logger("ingress")
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> Litestar:
         "idempotency": IdempotencyStore(layout.state_dir / "idempotency"),
         "bus": link,
         "readside": None,  # opened in the lifespan
+        "library": LoraLibrary(layout.loras_dir, layout.state_dir / "loras" / "index.json"),
     })
     # Documents staged by an ingress that was killed mid-request: their jobs were never accepted.
     sweep_temp_files([layout.staging_dir])
@@ -80,7 +82,8 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         connecting = asyncio.create_task(keep_connected(link, settings))
         readside = app.state.readside = ReadSide(settings, layout)
-        background = [connecting, asyncio.create_task(readside.follow())]
+        background = [connecting, asyncio.create_task(readside.follow()),
+                      asyncio.create_task(app.state.library.follow())]
         if settings.image_ttl > 0:
             log.info("retention janitor on", image_ttl_seconds=settings.image_ttl)
             background.append(asyncio.create_task(readside.run_janitor(lambda: link.bus)))

@@ -19,10 +19,12 @@ from schemas.jobs import (
     LoraRef,
 )
 from schemas.layout import DataLayout, lora_file, lora_names, split_image_id
+from schemas.library import FAMILY_BASE
 from schemas.settings import Settings
 from services.ingress.auth import Principal
 from services.ingress.domain.errors import Invalid
 from services.ingress.images import InputImage, decode_base64, load_image
+from services.library.metadata import file_base
 
 MAX_IMAGES = 8
 MAX_LORAS = 8
@@ -113,7 +115,7 @@ def resolve_job(request: JobRequest, catalog: Catalog, settings: Settings, layou
         settings=generation,
         owner=principal.owner if principal else None,
         mode=mode,
-        loras=_loras(request, layout.loras_dir),
+        loras=_loras(request, layout.loras_dir, entry),
         notices=tuple(inputs.notices),
     )
     return Resolved(spec=spec, inputs=inputs)
@@ -211,7 +213,7 @@ def _hires(request: JobRequest, entry: ModelEntry, mode: str, width: int, height
     return HiresSettings(scale=scale, denoising_strength=strength, steps=hr_steps, width=hr_width, height=hr_height)
 
 
-def _loras(request: JobRequest, folder: Path) -> tuple[LoraRef, ...]:
+def _loras(request: JobRequest, folder: Path, entry: ModelEntry) -> tuple[LoraRef, ...]:
     if len(request.loras) > MAX_LORAS:
         raise _bad(f"loras: at most {MAX_LORAS} per job, got {len(request.loras)}")
     refs, seen = [], set()
@@ -224,5 +226,11 @@ def _loras(request: JobRequest, folder: Path) -> tuple[LoraRef, ...]:
         if path.stem in seen:
             raise _bad(f"loras[{index}].name: LoRA {path.stem!r} is listed twice")
         seen.add(path.stem)
+        # A LoRA trained for another family cannot load into this model (its layers differ); a
+        # file that declares nothing is given the benefit of the doubt.
+        base, wanted = file_base(path), FAMILY_BASE.get(entry.family)
+        if base != "unknown" and wanted is not None and base != wanted:
+            raise _bad(f"loras[{index}].name: LoRA {path.stem!r} is for {base} models; model {entry.id!r} "
+                       f"is {entry.family} ({wanted})")
         refs.append(LoraRef(name=path.stem, weight=lora.weight))
     return tuple(refs)

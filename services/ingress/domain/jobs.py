@@ -20,6 +20,7 @@ from services.bus import Bus
 from services.ingress.auth import Principal
 from services.ingress.domain.errors import Conflict, Invalid, NotFound
 from services.ingress.domain.files import JobFiles
+from services.ingress.domain.layers import apply_layers
 from services.ingress.domain.links import BusLink
 from services.ingress.idempotency import (
     ABANDONED_SECONDS,
@@ -53,11 +54,17 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
     (the flag says so). Rate limits and quotas are checked first; only accepted jobs count.
     """
     owner = principal.owner
+    # Job values win, then the session's, then the preset's, then the model's defaults (layers.py).
+    layered_request, applied = request, None
+    if request.session is not None or request.preset is not None:  # their files are read off the loop
+        layered_request, applied = await asyncio.to_thread(apply_layers, request, principal, layout)
     if request.init_image is not None or request.mask_image is not None or request.init_image_id is not None:
         # Decoding and re-encoding input images takes milliseconds: never on the event loop.
-        resolved = await asyncio.to_thread(resolve_job, request, catalog, settings, layout, principal)
+        resolved = await asyncio.to_thread(resolve_job, layered_request, catalog, settings, layout, principal)
     else:
-        resolved = resolve_job(request, catalog, settings, layout, principal)
+        resolved = resolve_job(layered_request, catalog, settings, layout, principal)
+    if applied is not None:
+        resolved.spec = msgspec.structs.replace(resolved.spec, applied=applied)
     connected = bus.require()
     job_id = new_id()
     if idempotency_key is not None:

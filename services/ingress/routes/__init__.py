@@ -7,13 +7,17 @@ from services.ingress.routes.common import DEPENDENCIES
 from services.ingress.routes.gallery import GalleryRoutes
 from services.ingress.routes.images import ImageRoutes
 from services.ingress.routes.jobs import JobRoutes
+from services.ingress.routes.loras import LoraRoutes
 from services.ingress.routes.models import ModelRoutes
 from services.ingress.routes.ops import OpsRoutes
+from services.ingress.routes.presets import PresetRoutes
 from services.ingress.routes.prompts import EnrichRoutes
 from services.ingress.routes.queue import QueueRoutes
 from services.ingress.routes.service import ServiceRoutes
+from services.ingress.routes.sessions import SessionRoutes
 
 ROUTES = [JobRoutes, ImageRoutes, GalleryRoutes, QueueRoutes, ModelRoutes, QuotaRoutes, EnrichRoutes, OpsRoutes,
           ServiceRoutes]
+ROUTES += [LoraRoutes, SessionRoutes, PresetRoutes]  # the users' library
 
 __all__ = ["DEPENDENCIES", "ROUTES"]

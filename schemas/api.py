@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from schemas.webhooks import WebhookInput
+
 NumImages = Annotated[int, msgspec.Meta(ge=1, le=8, description="Images to generate, 1-8")]
 Steps = Annotated[int, msgspec.Meta(ge=1, description="Denoising steps (the model caps it)")]
 Guidance = Annotated[float, msgspec.Meta(ge=0.0, le=50.0, description="Classifier-free guidance scale")]
@@ -56,6 +58,7 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     init_image_id: Annotated[str | None, msgspec.Meta(description="img2img/inpaint input: the id of an image Darkroom holds")] = None
     mask_image: Annotated[str | None, msgspec.Meta(description="inpaint: base64 mask, white = repaint, same size as the init image")] = None
     loras: list[LoraInput] = msgspec.field(default_factory=list)
+    webhook: WebhookInput | None = None
 
 
 class JobCreated(msgspec.Struct, kw_only=True):
@@ -66,6 +69,8 @@ class JobCreated(msgspec.Struct, kw_only=True):
     status_url: str
     num_images: int
     message: str
+    # Server-sent events of this job, from job.accepted to its end.
+    events_url: str | None = None
 
 
 class JobCancelAnswer(msgspec.Struct, kw_only=True):

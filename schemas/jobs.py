@@ -7,6 +7,8 @@ from typing import Literal
 
 import msgspec
 
+from schemas.webhooks import WebhookState, WebhookTarget
+
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 Mode = Literal["txt2img", "img2img", "inpaint"]
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
@@ -72,6 +74,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     loras: tuple[LoraRef, ...] = ()
     # Things the user should know about how the request was taken (e.g. an ignored field).
     notices: tuple[str, ...] = ()
+    webhook: WebhookTarget | None = None
 
 
 class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,6 +148,8 @@ class JobDocument(msgspec.Struct, kw_only=True):
     # Input images, as paths inside the data directory.
     init_image: str | None = None
     mask_image: str | None = None
+    # Where the job's events are POSTed, and how the last delivery went (see schemas/webhooks.py).
+    webhook: WebhookState | None = None
 
     def spec(self) -> JobSpec:
         """The job as the generator needs it (prompts as enriched), e.g. to queue it again."""
@@ -152,6 +157,7 @@ class JobDocument(msgspec.Struct, kw_only=True):
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model, style=self.style,
             settings=self.settings, owner=self.owner, mode=self.mode, init_image=self.init_image,
             mask_image=self.mask_image, loras=self.loras, notices=self.notices,
+            webhook=self.webhook.target if self.webhook else None,
         )
 
     @classmethod
@@ -176,4 +182,5 @@ class JobDocument(msgspec.Struct, kw_only=True):
             notices=spec.notices,
             init_image=spec.init_image,
             mask_image=spec.mask_image,
+            webhook=WebhookState(url=spec.webhook.url, events=spec.webhook.events) if spec.webhook else None,
         )

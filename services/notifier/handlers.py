@@ -101,7 +101,7 @@ async def deliver_webhook(command: DeliverWebhook, *, bus: Bus, settings: Settin
     answer = await webhooks.post(client, destination, body, webhooks.headers(secret, command.webhook_id, body),
                                  timeout=settings.webhook_timeout, max_bytes=settings.webhook_max_response_bytes)
     if answer.ok:
-        log.info("webhook delivered", job_id=command.job_id, event=command.for_event, tries=tries)
+        log.info("webhook delivered", job_id=command.job_id, for_event=command.for_event, tries=tries)
         await bus.publish(WebhookDelivered(job_id=command.job_id, webhook_id=command.webhook_id,
                                            for_event=command.for_event, url=url, tries=tries,
                                            status_code=answer.status_code or 0))
@@ -109,7 +109,7 @@ async def deliver_webhook(command: DeliverWebhook, *, bus: Bus, settings: Settin
     if tries >= settings.webhook_attempts:
         await _failed(bus, command, tries, answer.error or "failed", answer.status_code)
     delay = backoff(settings, tries)
-    log.info("webhook try failed; retrying", job_id=command.job_id, event=command.for_event, tries=tries,
+    log.info("webhook try failed; retrying", job_id=command.job_id, for_event=command.for_event, tries=tries,
              error=answer.error, retry_in=round(delay, 2))
     topology = bus.topology
     await bus.send_later(msgspec.structs.replace(command, tries=tries), topology.webhook_retry_queue(tries), delay,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from ops.bench import cases, readside
+from ops.bench import cases, live, readside
 from ops.bench.harness import Case, Context, Measurement, Report, commit_id, machine_info, table
 from ops.broker import PrivateBroker
 
@@ -25,6 +25,7 @@ CASES: dict[str, Case] = {
     "ingress": cases.ingress,
     "broker": cases.broker,
     "readside": readside.readside,
+    "live": live.live,
 }
 DEFAULT_CASES = tuple(CASES)
 

@@ -45,14 +45,16 @@ _encoder = msgspec.json.Encoder()
 _UNKNOWN = object()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class StreamEvent:
-    """An event as streams carry it: `data` is its JSON (no PNG or preview bytes, URLs instead)."""
+    """An event as streams carry it: `data` is its JSON (no PNG or preview bytes, URLs instead);
+    `frame` its SSE frame, made once by the first stream that writes it."""
 
     event_id: str
     type: str
     job_id: str | None
     data: bytes
+    frame: Any = None
 
     @property
     def terminal(self) -> bool:

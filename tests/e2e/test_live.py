@@ -155,7 +155,7 @@ def test_tenants_see_only_their_own_events_on_sse_and_websocket(stack: Stack):
             job_id = submit(client)
             alice_thread.join(60)
             assert {e["data"]["job_id"] for e in alice_events} == {job_id}
-            assert [e["event"] for e in alice_events][0] == "job.accepted"
+            assert alice_events[0]["event"] == "job.accepted"
             # Bob may not follow alice's job by id either: it does not exist for him.
             assert httpx.get(f"{stack.url}/v1/jobs/{job_id}/events", headers=bob).status_code == 404
             bob_ws.send(json.dumps({"action": "subscribe", "job": job_id}))
@@ -214,7 +214,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(500 if len(receiver.requests) <= receiver.failures else 204)

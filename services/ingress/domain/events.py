@@ -115,10 +115,18 @@ async def _broad_stream(live: Live, follower: Follower, last_event_id: str | Non
 async def _live(follower: Follower, keepalive: float) -> AsyncIterator[StreamEvent | None]:
     """The follower's events as they come; None after `keepalive` seconds of silence. Ends when the
     follower fell too far behind (the client reconnects with Last-Event-ID)."""
-    while not follower.lost or not follower.queue.empty():
+    queue = follower.queue
+    while not follower.lost or not queue.empty():
+        if not queue.empty():
+            yield queue.get_nowait()
+            continue
         try:
-            yield await asyncio.wait_for(follower.queue.get(), keepalive)
+            # asyncio.timeout, not wait_for: no task per wait (hundreds of followers wait at once).
+            async with asyncio.timeout(keepalive):
+                item = await queue.get()
         except TimeoutError:
             if follower.lost:
                 return
             yield None
+            continue
+        yield item

@@ -19,14 +19,33 @@ LastEventId = Annotated[str | None, HeaderParameter(name="Last-Event-ID", requir
 RETRY_MS = 2000
 
 
+class Frame(ServerSentEventMessage):
+    """An event's SSE frame, encoded once and written to every follower as is."""
+
+    def __init__(self, encoded: bytes):
+        super().__init__()
+        self.encoded = encoded
+
+    def encode(self) -> bytes:
+        return self.encoded
+
+
+KEEP_ALIVE = Frame(ServerSentEventMessage(comment="keep-alive", data=None).encode())
+
+
+def frame(item: StreamEvent) -> Frame:
+    """`id:` the event id, `event:` its type, `data:` its JSON (one line: JSON has no raw newlines)."""
+    if item.frame is None:
+        item.frame = Frame(b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
+            item.event_id.encode(), item.type.encode(), item.data))
+    return item.frame
+
+
 async def frames(stream: AsyncIterator[StreamEvent | None]) -> AsyncIterator[ServerSentEventMessage]:
-    """SSE framing: `id:` the event id, `event:` its type, `data:` its JSON; a comment to keep alive."""
+    """SSE framing of a stream; a comment line to keep the connection alive."""
     yield ServerSentEventMessage(comment="following", retry=RETRY_MS, data=None)
     async for item in stream:
-        if item is None:
-            yield ServerSentEventMessage(comment="keep-alive", data=None)
-        else:
-            yield ServerSentEventMessage(id=item.event_id, event=item.type, data=item.data.decode())
+        yield KEEP_ALIVE if item is None else frame(item)
 
 
 class EventRoutes(Controller):

@@ -4,7 +4,7 @@ caller's, filtered), and the AMQP contract at /asyncapi.json."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
@@ -53,7 +53,7 @@ class EventRoutes(Controller):
     tags = ["events"]
 
     @get("/jobs/{job_id:str}/events", summary="A job's events, live (server-sent events)",
-         media_type="text/event-stream", responses=errors(404, 503))
+         media_type="text/event-stream", responses=errors(400, 404, 503))
     async def job_events(self, principal: Caller, files: FilesDep, layout: LayoutDep, config: ConfigDep,
                          state: State, job_id: FromPath[str], last_event_id: LastEventId = None) -> ServerSentEvent:
         """Every event of the job, from `job.accepted` to its end (`job.completed`, `job.failed` or
@@ -87,6 +87,7 @@ class ContractRoutes(Controller):
 
     @get("/asyncapi.json", summary="The AMQP contract (AsyncAPI 3): exchanges, routing keys, payloads", security=[],
          media_type=JSON)
-    async def asyncapi(self, state: State) -> Response[bytes]:
-        """Generated from `schemas/` (the same document is committed as schemas/asyncapi.json)."""
+    async def asyncapi(self, state: State) -> Response[dict[str, Any]]:
+        """Generated from `schemas/` (the same document is committed as schemas/asyncapi.json).
+        Encoded once, when the ingress starts."""
         return Response(state["asyncapi"], media_type=JSON)

@@ -28,9 +28,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
+    from schemas.asyncapi import asyncapi_document
     from schemas.events import event_schema
 
-    print(json.dumps(event_schema(), indent=2, sort_keys=True))
+    print(json.dumps(asyncapi_document() if args.asyncapi else event_schema(), indent=2, sort_keys=True))
     return 0
 
 
@@ -63,6 +64,22 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ops import deadletters, events
+    from schemas.topology import Topology
+
+    settings = _settings()
+    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    try:
+        asyncio.run(events.tail(url, Topology(settings.namespace), pattern=args.type, job=args.job,
+                                as_json=args.json, count=args.count))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from ops import keys
 
@@ -72,6 +89,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
                                  daily_images=args.daily_images, queued_jobs=args.queued_jobs)
         print(f"created {'admin ' if key.admin else ''}key {key.id} for {key.name!r}. The token, shown only now:")
         print(token)
+        print(f"webhook signing secret (also `darkroom keys show {key.id}`): {key.webhook_secret}")
+    elif args.keys_command == "show":
+        key = keys.show(state, args.id)
+        print(keys.describe(key))
+        print(f"webhook signing secret: {key.webhook_secret}")
     elif args.keys_command == "list":
         listed = keys.load_all(state)
         print("\n".join(keys.describe(k) for k in listed) if listed else "no keys yet: `darkroom keys create --name ...`")
@@ -140,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--queued-jobs", type=int, help="pending + processing jobs at once (-1: default)")
         command.set_defaults(func=cmd_keys)
     keys_sub.add_parser("list", help="list keys (never their tokens)").set_defaults(func=cmd_keys)
+    show = keys_sub.add_parser("show", help="a key and its webhook signing secret (whsec_...)")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_keys)
     revoke = keys_sub.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("id")
     revoke.set_defaults(func=cmd_keys)
@@ -164,7 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     export = ops_sub.add_parser("export", help="export the projection's tables as Parquet files")
     export.add_argument("--parquet", required=True, metavar="DIR", help="folder for jobs.parquet and images.parquet")
     export.set_defaults(func=cmd_analytics)
+    events = sub.add_parser("events", help="follow events live")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    tail = events_sub.add_parser("tail", help="print events as they are published")
+    tail.add_argument("--type", default="#", help="routing key or pattern, e.g. 'job.*' (default: every event)")
+    tail.add_argument("--job", help="only this job's events")
+    tail.add_argument("--json", action="store_true", help="each event as one JSON line")
+    tail.add_argument("--count", type=int, help="stop after this many events")
+    tail.set_defaults(func=cmd_events)
     schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
+    schema.add_argument("--asyncapi", action="store_true", help="the AsyncAPI 3 document of the AMQP contract instead")
     schema.set_defaults(func=cmd_schema)
     return parser
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.keys import ApiKey, keys_dir, new_token
+from schemas.keys import ApiKey, keys_dir, new_token, new_webhook_secret
 from services.files import write_atomic
 
 _encoder = msgspec.json.Encoder()
@@ -47,7 +47,8 @@ def create(state_dir: Path, name: str, *, admin: bool = False, rate: str | None 
     from schemas.keys import hash_secret
 
     key = ApiKey(id=key_id, name=name.strip(), secret_sha256=hash_secret(secret), admin=admin,
-                 created_at=datetime.now(UTC), rate=rate, daily_images=daily_images, queued_jobs=queued_jobs)
+                 created_at=datetime.now(UTC), rate=rate, daily_images=daily_images, queued_jobs=queued_jobs,
+                 webhook_secret=new_webhook_secret())
     _write(keys_dir(state_dir), key)
     return key, token
 
@@ -57,6 +58,15 @@ def find(state_dir: Path, key_id: str) -> ApiKey:
     if not path.exists():
         raise SystemExit(f"no key {key_id!r} (see `darkroom keys list`)")
     return msgspec.json.decode(path.read_bytes(), type=ApiKey)
+
+
+def show(state_dir: Path, key_id: str) -> ApiKey:
+    """The key, with a webhook secret (keys made before webhooks existed get one now)."""
+    key = find(state_dir, key_id)
+    if key.webhook_secret is None:
+        key.webhook_secret = new_webhook_secret()
+        _write(keys_dir(state_dir), key)
+    return key
 
 
 def revoke(state_dir: Path, key_id: str) -> ApiKey:

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from schemas.webhooks import WebhookInput
+
 NumImages = Annotated[int, msgspec.Meta(ge=1, le=8, description="Images to generate, 1-8")]
 Steps = Annotated[int, msgspec.Meta(ge=1, description="Denoising steps (the model caps it)")]
 Guidance = Annotated[float, msgspec.Meta(ge=0.0, le=50.0, description="Classifier-free guidance scale")]
@@ -60,6 +62,7 @@ class JobRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         description="A session (space) of yours: its LoRAs and settings fill what this job leaves out")] = None
     preset: Annotated[str | None, msgspec.Meta(
         description="A preset of yours: fills what the job and its session leave out")] = None
+    webhook: WebhookInput | None = None
 
 
 class JobCreated(msgspec.Struct, kw_only=True):
@@ -70,6 +73,8 @@ class JobCreated(msgspec.Struct, kw_only=True):
     status_url: str
     num_images: int
     message: str
+    # Server-sent events of this job, from job.accepted to its end.
+    events_url: str | None = None
 
 
 class JobCancelAnswer(msgspec.Struct, kw_only=True):

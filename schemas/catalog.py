@@ -14,6 +14,8 @@ from typing import Literal
 
 import msgspec
 
+from schemas.webhooks import WebhooksSection
+
 TINY_MODEL_ID = "tiny-sd"
 
 Family = Literal["sd1.x", "sd2.x", "sdxl", "sd3", "flux"]
@@ -149,6 +151,7 @@ class _CatalogFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models: dict[str, ModelEntry] = {}
     styles: dict[str, Style] = {}
     enrichment: EnrichmentConfig = EnrichmentConfig()
+    webhooks: WebhooksSection = msgspec.field(default_factory=WebhooksSection)
 
 
 DEFAULT_STYLES: dict[str, Style] = {

@@ -16,6 +16,7 @@ import msgspec
 
 from schemas import topology as t
 from schemas.jobs import Enrichment, ImageMetadata, ImageRecord, JobDocument, JobSpec
+from schemas.webhooks import WebhookTarget
 
 ProgressPhase = Literal["preparing", "loading_model", "generating", "hires", "saving"]
 
@@ -187,6 +188,28 @@ class WorkerHeartbeat(Event, tag=t.WORKER_HEARTBEAT, kw_only=True):
     attempt: int = 1
 
 
+class WebhookDelivered(Event, tag=t.WEBHOOK_DELIVERED, kw_only=True):
+    """The notifier POSTed the job's document to its webhook for `for_event` and got a 2xx."""
+
+    webhook_id: str
+    for_event: str
+    url: str
+    tries: int
+    status_code: int
+
+
+class WebhookFailed(Event, tag=t.WEBHOOK_FAILED, kw_only=True):
+    """Every try to POST the job's document to its webhook for `for_event` failed; the delivery
+    is parked in the dead-letter queue (`darkroom ops dead-letters replay` tries again)."""
+
+    webhook_id: str
+    for_event: str
+    url: str
+    tries: int
+    error: str
+    status_code: int | None = None
+
+
 AnyEvent = (
     JobAccepted
     | JobEnriched
@@ -206,6 +229,8 @@ AnyEvent = (
     | ImageDeleted
     | ImageExpired
     | WorkerHeartbeat
+    | WebhookDelivered
+    | WebhookFailed
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
@@ -244,7 +269,19 @@ class SweepStalled(Command, tag=t.SWEEP_STALLED, kw_only=True):
     silent_seconds: float | None = None
 
 
-AnyCommand = GenerateImages | SweepStalled
+class DeliverWebhook(Command, tag=t.DELIVER_WEBHOOK, kw_only=True):
+    """POST `document` (the job as of `for_event`) to the job's webhook, signed with its owner's
+    secret. `webhook_id` (the event's id) is the same on every try; `tries` counts those made."""
+
+    webhook_id: str
+    for_event: str
+    target: WebhookTarget
+    owner: str | None = None
+    document: JobDocument
+    tries: int = 0
+
+
+AnyCommand = GenerateImages | SweepStalled | DeliverWebhook
 
 
 def command_for_attempt(

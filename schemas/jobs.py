@@ -7,6 +7,8 @@ from typing import Literal
 
 import msgspec
 
+from schemas.webhooks import WebhookState, WebhookTarget
+
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 Mode = Literal["txt2img", "img2img", "inpaint"]
 ACTIVE_STATUSES: frozenset[str] = frozenset({"pending", "processing"})
@@ -95,6 +97,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     notices: tuple[str, ...] = ()
     # What came from the session and preset the job named (None: it named neither).
     applied: Applied | None = None
+    webhook: WebhookTarget | None = None
 
 
 class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,6 +173,8 @@ class JobDocument(msgspec.Struct, kw_only=True):
     mask_image: str | None = None
     applied: Applied | None = None
     enrichment: Enrichment | None = None
+    # Where the job's events are POSTed, and how the last delivery went (see schemas/webhooks.py).
+    webhook: WebhookState | None = None
 
     def spec(self) -> JobSpec:
         """The job as the generator needs it (prompts as enriched), e.g. to queue it again."""
@@ -177,6 +182,7 @@ class JobDocument(msgspec.Struct, kw_only=True):
             prompt=self.prompt, negative_prompt=self.negative_prompt, model=self.model, style=self.style,
             settings=self.settings, owner=self.owner, mode=self.mode, init_image=self.init_image,
             mask_image=self.mask_image, loras=self.loras, notices=self.notices, applied=self.applied,
+            webhook=self.webhook.target if self.webhook else None,
         )
 
     @classmethod
@@ -202,4 +208,5 @@ class JobDocument(msgspec.Struct, kw_only=True):
             init_image=spec.init_image,
             mask_image=spec.mask_image,
             applied=spec.applied,
+            webhook=WebhookState(url=spec.webhook.url, events=spec.webhook.events) if spec.webhook else None,
         )

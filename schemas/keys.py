@@ -6,6 +6,7 @@ when the key is created. The id is public: job documents name their owner by it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -31,6 +32,9 @@ class ApiKey(msgspec.Struct, kw_only=True):
     rate: str | None = None
     daily_images: int | None = None
     queued_jobs: int | None = None
+    # Signs this key's webhooks (Standard Webhooks: `whsec_` + base64 of 32 random bytes). Kept in
+    # the clear, like any HMAC key, in this 0600 file; `darkroom keys show` prints it.
+    webhook_secret: str | None = None
 
     @property
     def active(self) -> bool:
@@ -49,6 +53,10 @@ def new_token() -> tuple[str, str, str]:
     """(token, id, secret) for a new key."""
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     return f"drk_{key_id}_{secret}", key_id, secret
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def split_token(token: str) -> tuple[str, str] | None:

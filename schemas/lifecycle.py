@@ -21,8 +21,11 @@ from schemas.events import (
     JobStarted,
     ModelLoaded,
     ModelLoading,
+    WebhookDelivered,
+    WebhookFailed,
 )
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument, Progress
+from schemas.webhooks import WebhookState
 
 
 def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
@@ -40,6 +43,8 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
         before = len(doc.images)
         doc.images = [image for image in doc.images if image.id != event.image_id]
         return _touched(doc, event) if len(doc.images) != before else None
+    if isinstance(event, (WebhookDelivered, WebhookFailed)):
+        return _touched(_webhook(doc, event), event)  # deliveries are reported after the job ended too
     if isinstance(event, JobRequeued) and event.replay and doc.status == "failed":
         doc.status, doc.error, doc.completed_at = "pending", None, None
     if doc.status in TERMINAL_STATUSES:
@@ -120,6 +125,20 @@ def apply_event(doc: JobDocument | None, event: Event) -> JobDocument | None:
         case _:
             return None
     return _touched(doc, event)
+
+
+def _webhook(doc: JobDocument, event: WebhookDelivered | WebhookFailed) -> JobDocument:
+    state = doc.webhook or WebhookState(url=event.url)
+    state.last_event, state.tries, state.status_code = event.for_event, event.tries, event.status_code
+    state.updated_at = event.occurred_at
+    if isinstance(event, WebhookDelivered):
+        state.status, state.error = "delivered", None
+        state.delivered += 1
+    else:
+        state.status, state.error = "failed", event.error
+        state.failed += 1
+    doc.webhook = state
+    return doc
 
 
 def _add_images(doc: JobDocument, images: list[ImageRecord]) -> None:

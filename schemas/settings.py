@@ -17,7 +17,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 
 
-SERVICES = ("recorder", "saver", "enricher", "generator", "reaper", "ingress")
+SERVICES = ("recorder", "saver", "enricher", "generator", "reaper", "notifier", "ingress")
 
 
 class SettingsError(ValueError):
@@ -71,7 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Origins allowed to call the API from a browser ("*" for any); empty: CORS closed.
     cors_origins: str = ""
     # Which services `darkroom run` starts on this machine (a GPU box may run only `generator`).
-    services: str = "recorder,saver,enricher,generator,reaper,ingress"
+    services: str = "recorder,saver,enricher,generator,reaper,notifier,ingress"
     # Generator processes `darkroom run` starts (e.g. one per GPU, with CUDA_VISIBLE_DEVICES set by you).
     generators: int = 1
     # Attempts a job gets (stalls, crashes, pipeline errors) before it fails with the reason.
@@ -104,6 +104,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # darkroom.toml's [enrichment.llm] url and model); empty: style templates only.
     enrich_llm_url: str = ""
     enrich_llm_model: str = ""
+    # Webhooks: hosts or CIDRs they may reach although private, loopback or link-local
+    # (comma-separated; also `[webhooks] allow` in darkroom.toml); seconds per try; tries in all
+    # (retried with exponential backoff from `webhook_backoff` seconds, with jitter); bytes of an
+    # answer read at most.
+    webhook_allow: str = ""
+    webhook_timeout: float = 10.0
+    webhook_attempts: int = 6
+    webhook_backoff: float = 5.0
+    webhook_max_response_bytes: int = 64 * 1024
+    # Live streams: seconds between SSE keep-alive comments.
+    stream_keepalive: float = 15.0
 
     @property
     def service_list(self) -> tuple[str, ...]:

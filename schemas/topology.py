@@ -33,15 +33,20 @@ IMAGE_SAVED = "image.saved"
 IMAGE_DELETED = "image.deleted"
 IMAGE_EXPIRED = "image.expired"
 WORKER_HEARTBEAT = "worker.heartbeat"
+WEBHOOK_DELIVERED = "webhook.delivered"
+WEBHOOK_FAILED = "webhook.failed"
 
 # Routing keys on the commands exchange (direct): each has exactly one consuming queue.
 GENERATE_IMAGES = "generate_images"
 SWEEP_STALLED = "sweep_stalled"
+DELIVER_WEBHOOK = "deliver_webhook"
 
 # Topic wildcards: `*` is one dot-separated word, `#` any number of them (none included).
 EVERY_EVENT = "#"
 EVERY_JOB_EVENT = "job.#"
 EVERY_MODEL_EVENT = "model.#"
+EVERY_IMAGE_EVENT = "image.#"
+EVERY_WEBHOOK_EVENT = "webhook.#"
 
 # Which routing keys each stage's queue receives. The recorder takes every event.
 ENRICHER_KEYS = (JOB_ACCEPTED,)
@@ -49,6 +54,8 @@ SAVER_KEYS = (IMAGE_GENERATED,)
 RECORDER_KEYS = (EVERY_EVENT,)
 # The reaper follows each job's liveness: everything a worker says about a job, and its end.
 REAPER_KEYS = (EVERY_JOB_EVENT, EVERY_MODEL_EVENT, IMAGE_GENERATED, WORKER_HEARTBEAT)
+# The notifier: the events a webhook may ask for (job.*, image.saved), never image.generated's bytes.
+NOTIFIER_KEYS = (EVERY_JOB_EVENT, IMAGE_SAVED)
 
 # Exchange kinds, by the Topology attribute that names the exchange.
 EVENTS, COMMANDS = "events", "commands"
@@ -61,6 +68,8 @@ STAGE_BINDINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "recorder": (EVENTS, RECORDER_KEYS),
     "reaper": (EVENTS, REAPER_KEYS),
     "reaper.commands": (COMMANDS, (SWEEP_STALLED,)),
+    "notifier": (EVENTS, NOTIFIER_KEYS),
+    "notifier.deliveries": (COMMANDS, (DELIVER_WEBHOOK,)),
 }
 
 # Message headers. Ours, on a message a stage parked itself: why, and from which queue.
@@ -84,6 +93,12 @@ DELIVERY_LIMITS = {"generator": GENERATOR_DELIVERY_LIMIT}
 # A follower's private queue that outlives its process's disconnects lives on this long unused
 # (then the broker deletes it), collecting the events the process missed.
 FOLLOWER_KEEP_SECONDS = 600
+
+
+# Events a live stream (SSE, WebSocket) carries: every event of a job but the workers' heartbeats.
+UNSTREAMED_KEYS = (WORKER_HEARTBEAT,)
+# Keys that end a job's stream.
+TERMINAL_KEYS = (JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED)
 
 
 def follower_arguments() -> dict[str, Any]:
@@ -123,6 +138,15 @@ class Topology(msgspec.Struct, frozen=True):
     def reaper_dead_letters(self) -> str:
         """The reaper's own copy of every dead letter: it fails the job a parked message belonged to."""
         return f"{self.namespace}.reaper.dead-letters"
+
+    def webhook_retry_queue(self, tries: int) -> str:
+        """Where a webhook delivery waits before try `tries + 1`: one queue per retry, so that a
+        message's expiry (its backoff) is never held up behind a longer one's. When it expires the
+        broker dead-letters it back to the deliveries queue."""
+        return f"{self.namespace}.notifier.retry.{tries}"
+
+    def webhook_retry_arguments(self) -> dict[str, Any]:
+        return {"x-dead-letter-exchange": self.commands, "x-dead-letter-routing-key": DELIVER_WEBHOOK}
 
     def queue(self, stage: str) -> str:
         """The durable queue a stage consumes (`enricher`, `generator`, `saver`, `recorder`...)."""

@@ -83,6 +83,7 @@ class Bus:
         self._transient_exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task] = set()
+        self._delay_queues: set[str] = set()
 
     @classmethod
     async def connect(cls, url: str, topology: Topology, *, name: str, timeout: float = 30.0) -> Bus:
@@ -146,13 +147,26 @@ class Bus:
         key = routing_key(command)
         await self._publish(self.topology.commands, key, encoder.encode(command), command.command_id, False, kind=key)
 
+    async def send_later(self, command: Command, queue: str, delay: float, arguments: dict[str, Any]) -> None:
+        """Park a command in the delay queue `queue` for `delay` seconds, confirmed; the queue
+        (declared with `arguments`, which name where it dead-letters to) sends it back when it expires."""
+        if queue not in self._delay_queues:
+            if self._confirming is None:
+                raise BrokerUnavailable("bus is not open")
+            await self._confirming.declare_queue(queue, durable=True, arguments=arguments)
+            self._delay_queues.add(queue)
+        key = routing_key(command)
+        await self._publish("", queue, encoder.encode(command), command.command_id, False, kind=key,
+                            expiration=max(0.001, delay))
+
     async def send_back(self, body: bytes, queue: str, *, message_id: str | None, kind: str | None,
                         headers: dict[str, Any]) -> None:
         """Put a parked message back on the queue it came from, confirmed, keeping its id and type."""
         await self._publish("", queue, body, message_id, False, kind=kind, headers=headers)
 
     async def _publish(self, exchange: str, key: str, body: bytes, message_id: str | None, transient: bool, *,
-                       kind: str | None, headers: dict[str, Any] | None = None) -> None:
+                       kind: str | None, headers: dict[str, Any] | None = None,
+                       expiration: float | None = None) -> None:
         channel = self._transient if transient else self._confirming
         if channel is None:
             raise BrokerUnavailable("bus is not open")
@@ -163,6 +177,7 @@ class Bus:
             type=kind,
             headers=headers,
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT if transient else aio_pika.DeliveryMode.PERSISTENT,
+            expiration=expiration,
         )
         try:
             ex = self._exchanges[exchange]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from ops.bench import cases, library, readside, sustained
+from ops.bench import cases, library, live, readside, sustained
 from ops.bench.harness import Case, Context, Measurement, Report, commit_id, machine_info, table
 from ops.broker import PrivateBroker
 
@@ -27,6 +27,7 @@ CASES: dict[str, Case] = {
     "readside": readside.readside,
     "sustained": sustained.sustained,
     "library": library.library,
+    "live": live.live,
 }
 DEFAULT_CASES = tuple(CASES)
 

@@ -170,7 +170,7 @@ async def drop_namespace(amqp_url: str, namespace: str) -> None:
     topo = Topology(namespace)
     connection = await aio_pika.connect_robust(amqp_url)
     try:
-        stages = [s for s in SERVICES if s != "ingress"] + ["reaper.commands"]
+        stages = [s for s in SERVICES if s != "ingress"] + ["reaper.commands", "notifier.deliveries"]
         for name in [topo.queue(s) for s in stages] + [topo.dead_letters, topo.reaper_dead_letters]:
             channel = await connection.channel()
             with contextlib.suppress(Exception):

@@ -28,6 +28,7 @@ from services.ingress.errors import EXCEPTION_HANDLERS
 from services.ingress.http import DarkroomRequest
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.limits import Limits
+from services.ingress.live import Live
 from services.ingress.routes import DEPENDENCIES, ROUTES
 from services.library import LoraLibrary
 from services.readside import ReadSide
@@ -48,6 +49,14 @@ async def keep_connected(link: BusLink, settings: Settings) -> None:
             await asyncio.sleep(1)
 
 
+def asyncapi_json() -> bytes:
+    import json
+
+    from schemas.asyncapi import asyncapi_document
+
+    return json.dumps(asyncapi_document()).encode()
+
+
 def create_app(settings: Settings) -> Litestar:
     """The application; its state holds what routes depend on (see `routes.common.DEPENDENCIES`)."""
     layout = runtime.layout(settings)
@@ -65,6 +74,8 @@ def create_app(settings: Settings) -> Litestar:
         "bus": link,
         "readside": None,  # opened in the lifespan
         "library": LoraLibrary(layout.loras_dir, layout.state_dir / "loras" / "index.json"),
+        "live": None,  # live events for SSE and WebSocket, once the lifespan started following them
+        "asyncapi": asyncapi_json(),
     })
     # Documents staged by an ingress that was killed mid-request: their jobs were never accepted.
     sweep_temp_files([layout.staging_dir])
@@ -84,6 +95,9 @@ def create_app(settings: Settings) -> Litestar:
         readside = app.state.readside = ReadSide(settings, layout)
         background = [connecting, asyncio.create_task(readside.follow()),
                       asyncio.create_task(app.state.library.follow())]
+        live = app.state.live = Live(layout)
+        background = [connecting, asyncio.create_task(readside.follow()),
+                      asyncio.create_task(live.follow_bus(lambda: link.bus))]
         if settings.image_ttl > 0:
             log.info("retention janitor on", image_ttl_seconds=settings.image_ttl)
             background.append(asyncio.create_task(readside.run_janitor(lambda: link.bus)))

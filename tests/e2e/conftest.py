@@ -48,6 +48,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         "DARKROOM_PORT": str(port),
         "DARKROOM_LOG_FORMAT": "json",
         "DARKROOM_CONFIG_PATH": str(data_dir / "darkroom.toml"),
+        # Webhook tests post to receivers on loopback, and should not wait minutes for retries.
+        "DARKROOM_WEBHOOK_ALLOW": "127.0.0.1",
+        "DARKROOM_WEBHOOK_BACKOFF": "0.3",
+        "DARKROOM_WEBHOOK_TIMEOUT": "3",
+        "DARKROOM_WEBHOOK_ATTEMPTS": "3",
+        "DARKROOM_STREAM_KEEPALIVE": "1",
     }
     log = data_dir.parent / "stack.log"
     with log.open("wb") as out:

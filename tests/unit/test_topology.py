@@ -44,9 +44,11 @@ def test_every_event_reaches_the_recorder_and_every_command_one_queue():
 
 
 def test_the_stages_receive_what_they_handle():
-    assert consumers_of(topology.JOB_ACCEPTED) == ["enricher", "recorder", "reaper"]
-    assert consumers_of(topology.IMAGE_GENERATED) == ["saver", "recorder", "reaper"]
-    assert consumers_of(topology.IMAGE_SAVED) == ["recorder"]
+    assert consumers_of(topology.JOB_ACCEPTED) == ["enricher", "recorder", "reaper", "notifier"]
+    assert consumers_of(topology.IMAGE_GENERATED) == ["saver", "recorder", "reaper"]  # never its bytes to the notifier
+    assert consumers_of(topology.IMAGE_SAVED) == ["recorder", "notifier"]
+    assert consumers_of(topology.WEBHOOK_DELIVERED) == ["recorder"]  # the notifier does not hear its own reports
+    assert consumers_of(topology.DELIVER_WEBHOOK, topology.COMMANDS) == ["notifier.deliveries"]
     assert consumers_of(topology.GENERATE_IMAGES, topology.COMMANDS) == ["generator"]
     assert consumers_of(topology.SWEEP_STALLED, topology.COMMANDS) == ["reaper.commands"]
 

@@ -4,6 +4,7 @@ Plain async functions over the few things each needs; errors are `domain.errors`
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 
@@ -12,10 +13,13 @@ import structlog
 
 from schemas.api import JobCancelAnswer, JobList, JobRequest
 from schemas.catalog import Catalog
-from schemas.events import JobAccepted, JobCancelled, JobCancelRequested, new_id, utcnow
+from schemas.events import EVENT_TYPES, JobAccepted, JobCancelled, JobCancelRequested, new_id, utcnow
 from schemas.jobs import TERMINAL_STATUSES, JobDocument
 from schemas.layout import DataLayout, is_job_id
 from schemas.settings import Settings
+from schemas.topology import consumers_of, key_matches
+from schemas.webhooks import WebhookInput, WebhookTarget
+from services import webhooks
 from services.bus import Bus
 from services.ingress.auth import Principal
 from services.ingress.domain.errors import Conflict, Invalid, NotFound
@@ -65,6 +69,9 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
         resolved = resolve_job(layered_request, catalog, settings, layout, principal)
     if applied is not None:
         resolved.spec = msgspec.structs.replace(resolved.spec, applied=applied)
+    if request.webhook is not None:
+        target = await webhook_target(request.webhook, principal, settings, layout)
+        resolved.spec = msgspec.structs.replace(resolved.spec, webhook=target)
     connected = bus.require()
     job_id = new_id()
     if idempotency_key is not None:
@@ -84,6 +91,40 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
             idempotency.release(owner, idempotency_key)
         raise
     return doc, False
+
+
+@functools.cache
+def _allow_list(settings: Settings) -> webhooks.AllowList:
+    return webhooks.allow_list(settings)
+
+
+async def webhook_target(given: WebhookInput, principal: Principal, settings: Settings,
+                         layout: DataLayout) -> WebhookTarget:
+    """A job's webhook, checked: a public (or allow-listed) http(s) URL, events the notifier hears,
+    and a secret to sign with."""
+    try:
+        await webhooks.check(given.url, _allow_list(settings))
+    except webhooks.Refused as exc:
+        raise Invalid(f"webhook.url {exc}") from None
+    patterns = tuple(dict.fromkeys(e.strip() for e in given.events))
+    if not patterns:
+        raise Invalid("webhook.events must name at least one routing key (e.g. job.completed)")
+    for index, pattern in enumerate(patterns):
+        if not any(key_matches(pattern, key) for key in webhook_keys()):
+            raise Invalid(f"webhook.events[{index}]: {pattern!r} matches no event a webhook can report; "
+                          f"use routing keys or patterns of: {', '.join(webhook_keys())}")
+    try:
+        await asyncio.to_thread(webhooks.owner_secret, layout.state_dir, principal.owner)
+    except webhooks.Refused as exc:
+        raise Invalid(f"webhook: {exc}") from None
+    return WebhookTarget(url=given.url, events=patterns)
+
+
+@functools.cache
+def webhook_keys() -> tuple[str, ...]:
+    """Routing keys of the events the notifier hears (what a webhook's `events` may match)."""
+    tags = (cls.__struct_config__.tag for cls in EVENT_TYPES)
+    return tuple(key for key in tags if "notifier" in consumers_of(key))
 
 
 async def _claim(files: JobFiles, idempotency: IdempotencyStore, owner: str | None, key: str, request: JobRequest,

@@ -4,6 +4,7 @@
 
 from services.ingress.routes.account import QuotaRoutes
 from services.ingress.routes.common import DEPENDENCIES
+from services.ingress.routes.events import ContractRoutes, EventRoutes
 from services.ingress.routes.gallery import GalleryRoutes
 from services.ingress.routes.images import ImageRoutes
 from services.ingress.routes.jobs import JobRoutes
@@ -15,9 +16,10 @@ from services.ingress.routes.prompts import EnrichRoutes
 from services.ingress.routes.queue import QueueRoutes
 from services.ingress.routes.service import ServiceRoutes
 from services.ingress.routes.sessions import SessionRoutes
+from services.ingress.routes.ws import live_socket
 
 ROUTES = [JobRoutes, ImageRoutes, GalleryRoutes, QueueRoutes, ModelRoutes, QuotaRoutes, EnrichRoutes, OpsRoutes,
-          ServiceRoutes]
+          ServiceRoutes, EventRoutes, ContractRoutes, live_socket]
 ROUTES += [LoraRoutes, SessionRoutes, PresetRoutes]  # the users' library
 
 __all__ = ["DEPENDENCIES", "ROUTES"]

@@ -58,6 +58,7 @@ class JobRoutes(Controller):
             status=doc.status,
             status_url=status_url,
             num_images=doc.settings.num_images,
+            events_url=f"{status_url}/events",
             message=f"Job queued for {doc.settings.num_images} image(s)" if not replayed
             else "Already submitted with this Idempotency-Key",
         )

@@ -269,7 +269,7 @@ def export_parquet(cur: duckdb.DuckDBPyConnection, folder: str) -> list[str]:
     try:
         for table in EXPORTED_TABLES:
             target = f"{folder}/{table}.parquet"
-            pq.write_table(cur.execute(f"SELECT * FROM {table}").fetch_arrow_table(), target, compression="zstd")
+            pq.write_table(cur.sql(f"SELECT * FROM {table}").to_arrow_table(), target, compression="zstd")
             files.append(target)
     finally:
         cur.execute("ROLLBACK")

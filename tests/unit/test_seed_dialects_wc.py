@@ -15,8 +15,7 @@ from schemas.catalog import TINY_MODEL_ID, Catalog, ModelLimits, tiny_model_entr
 from schemas.jobs import GenerationSettings, JobDocument, JobStatus, Progress
 from schemas.settings import DIALECTS, Settings, SettingsError
 from services.ingress.auth import Principal
-from services.ingress.dialects import DIALECT_ROUTES, enabled_routes
-from services.ingress.dialects import chutes, weights
+from services.ingress.dialects import DIALECT_ROUTES, chutes, enabled_routes, weights
 from services.ingress.dialects.common import AnonymousCaller
 from services.ingress.domain import errors
 from services.ingress.domain.errors import DomainError, Invalid, Unauthenticated

@@ -125,13 +125,13 @@ class Task(msgspec.Struct, kw_only=True):
 class CleanupBody(msgspec.Struct, kw_only=True):
     """POST /cleanup: fail (cancel) the caller's tasks unchanged for this many minutes."""
 
-    timeoutMinutes: Annotated[float, msgspec.Meta(ge=0)] = CLEANUP_MINUTES  # noqa: N815
+    timeoutMinutes: Annotated[float, msgspec.Meta(ge=0)] = CLEANUP_MINUTES
 
 
 class Cleaned(msgspec.Struct, kw_only=True):
     message: str
-    cleanedCount: int  # noqa: N815
-    cleanedIds: list[str]  # noqa: N815
+    cleanedCount: int
+    cleanedIds: list[str]
 
 
 # -- translation -------------------------------------------------------------------------------------

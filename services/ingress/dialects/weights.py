@@ -337,7 +337,7 @@ class WeightsRoutes(Controller):
                              limits: LimitsDep, idempotency: IdempotencyDep, catalog: CatalogDep, config: ConfigDep,
                              layout: LayoutDep, library: LibraryDep,
                              prompt: Annotated[str | None, QueryParameter(required=False)] = None,
-                             loraName: Annotated[str | None, QueryParameter(required=False)] = None) -> Generated:  # noqa: N803
+                             loraName: Annotated[str | None, QueryParameter(required=False)] = None) -> Generated:
         text = check_prompt(prompt)
         lora = await asyncio.to_thread(lora_for, library, loraName) if loraName else None
         doc = await self._submit(job_request(text, lora, None), principal, bus=bus, files=files, limits=limits,
@@ -349,7 +349,7 @@ class WeightsRoutes(Controller):
                                  limits: LimitsDep, idempotency: IdempotencyDep, catalog: CatalogDep,
                                  config: ConfigDep, layout: LayoutDep,
                                  prompt: Annotated[str | None, QueryParameter(required=False)] = None,
-                                 spaceId: Annotated[str | None, QueryParameter(required=False)] = None,  # noqa: N803
+                                 spaceId: Annotated[str | None, QueryParameter(required=False)] = None,
                                  ) -> Generated:
         text = check_prompt(prompt)
         space = await self._space(spaceId, principal, layout)
@@ -395,8 +395,8 @@ class WeightsRoutes(Controller):
 
     @get("/addLora", summary="Add a LoRA to a space (weights.gg, older API)", responses=errors(400, 404))
     async def add_lora(self, principal: DialectCaller, layout: LayoutDep, library: LibraryDep,
-                       loraName: Annotated[str | None, QueryParameter(required=False)] = None,  # noqa: N803
-                       spaceId: Annotated[str | None, QueryParameter(required=False)] = None,  # noqa: N803
+                       loraName: Annotated[str | None, QueryParameter(required=False)] = None,
+                       spaceId: Annotated[str | None, QueryParameter(required=False)] = None,
                        ) -> Success:
         if not loraName:
             raise Invalid("loraName is required")
@@ -407,7 +407,7 @@ class WeightsRoutes(Controller):
 
     @get("/removeLora", summary="Remove the LoRAs of a space (weights.gg, older API)", responses=errors(400, 404))
     async def remove_lora(self, principal: DialectCaller, layout: LayoutDep,
-                          spaceId: Annotated[str | None, QueryParameter(required=False)] = None,  # noqa: N803
+                          spaceId: Annotated[str | None, QueryParameter(required=False)] = None,
                           ) -> Success:
         space = await self._space(spaceId, principal, layout)
         await sessions.clear_loras(space, principal, layout=layout)

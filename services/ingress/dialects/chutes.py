@@ -277,7 +277,8 @@ class ChutesRoutes(Controller):
     tags = ["chutes"]
     dependencies = {"principal": Provide(provide_caller)}
     exception_handlers = EXCEPTION_HANDLERS
-    security = [{}, {"bearer": []}, {"apiKey": []}]
+    # No credentials are needed from loopback (anonymous); elsewhere, and to act as a key, these.
+    security = [{"bearer": []}, {"apiKey": []}]
 
     @post("/generate", status_code=202, summary="Queue an image (Chutes proxy)", responses=errors(400, 413, 429, 503))
     async def generate(self, principal: DialectCaller, bus: BusDep, files: FilesDep, limits: LimitsDep,

@@ -292,7 +292,8 @@ EXCEPTION_HANDLERS = {DomainError: domain_error, ValidationException: validation
                       BrokerUnavailable: broker_error, OSError: storage_error, Exception: internal_error}
 WHY = {400: "Validation error: `details` says what (a prompt under 10 characters, an unknown LoRA...)",
        401: "x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback)",
-       404: "No such image (or space) for this caller", 413: "The request is too large",
+       404: "No such image (or space) for this caller", 409: "The caller holds as many spaces as it may",
+       413: "The request is too large",
        429: "Server is busy: the queue or rate limit is full; see Retry-After",
        503: "The broker or the data directory is unavailable; nothing was accepted"}
 
@@ -328,7 +329,7 @@ class WeightsRoutes(Controller):
                                        catalog=catalog, settings=config, layout=layout)
         return doc
 
-    @get("/health", summary="Is the server up (weights.gg): {\"status\": \"OK\"}", security=[{}])
+    @get("/health", summary="Is the server up (weights.gg): {\"status\": \"OK\"}; needs no key")
     async def health(self) -> Health:
         return Health()
 
@@ -387,7 +388,7 @@ class WeightsRoutes(Controller):
     async def quota(self, principal: DialectCaller, limits: LimitsDep) -> QuotaAnswer:
         return quota_answer(await queue.quota(principal, limits=limits))
 
-    @get("/allocateSpace", summary="Allocate a space: a new session (weights.gg, older API)", responses=errors(400))
+    @get("/allocateSpace", summary="Allocate a space: a new session (weights.gg, older API)", responses=errors(400, 409))
     async def allocate_space(self, principal: DialectCaller, layout: LayoutDep, catalog: CatalogDep) -> Space:
         space_id = f"space-{secrets.token_hex(8)}"
         await sessions.put_session(space_id, SessionBody(), principal, layout=layout, catalog=catalog)
@@ -414,7 +415,7 @@ class WeightsRoutes(Controller):
         return Success(success=True)
 
     @get("/{image_file:str}", summary="The image (JPEG): the latest preview while it runs; no key needed",
-         security=[{}], media_type="image/jpeg",
+         media_type="image/jpeg",
          responses={200: ResponseSpec(data_container=bytes, media_type="image/jpeg", description="The image as JPEG"),
                     404: ResponseSpec(data_container=ErrorBody, description="No such image, or none yet")})
     async def image(self, files: FilesDep, image_file: FromPath[str]) -> Response[bytes]:

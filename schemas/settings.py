@@ -18,6 +18,8 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 
 
 SERVICES = ("recorder", "saver", "enricher", "generator", "reaper", "notifier", "ingress")
+# The foreign APIs the ingress can speak (services/ingress/dialects), by their OpenAPI tag.
+DIALECTS = ("openai", "sdapi", "weights", "chutes", "cyberimage", "a1111")
 
 
 class SettingsError(ValueError):
@@ -100,6 +102,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dialect_anonymous: Literal["loopback", "off"] = "loopback"
     sdapi_auth: str = ""
     openai_models: str = ""
+    # Which foreign dialects the ingress serves: "all", "none", or a list ("openai,sdapi,chutes");
+    # a dialect left out has no routes (404) and is not in the OpenAPI schema.
+    dialects: str = "all"
     # An OpenAI-compatible chat endpoint the enricher asks to rewrite styled prompts (overrides
     # darkroom.toml's [enrichment.llm] url and model); empty: style templates only.
     enrich_llm_url: str = ""
@@ -119,6 +124,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def service_list(self) -> tuple[str, ...]:
         return tuple(name.strip() for name in self.services.split(",") if name.strip())
+
+    def dialect_on(self, name: str) -> bool:
+        names = {part.strip().lower() for part in self.dialects.split(",") if part.strip()}
+        return "all" in names or name in names
 
     @property
     def data_path(self) -> Path:
@@ -145,6 +154,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         unknown = sorted(set(settings.service_list) - set(SERVICES))
         if unknown:
             raise SettingsError(f"DARKROOM_SERVICES names unknown services {unknown}; valid: {', '.join(SERVICES)}")
+        dialects = {part.strip().lower() for part in settings.dialects.split(",") if part.strip()}
+        unknown = sorted(dialects - {*DIALECTS, "all", "none"})
+        if unknown:
+            raise SettingsError(f"DARKROOM_DIALECTS names unknown dialects {unknown}; valid: all, none, "
+                                f"{', '.join(DIALECTS)}")
         return settings
 
 

@@ -21,7 +21,7 @@ from services import runtime
 from services.bus import BrokerUnavailable, Bus
 from services.files import sweep_temp_files
 from services.ingress.auth import KeyStore
-from services.ingress.dialects import DIALECT_ROUTES
+from services.ingress.dialects import enabled_routes
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.errors import EXCEPTION_HANDLERS
@@ -114,7 +114,7 @@ def create_app(settings: Settings) -> Litestar:
             await asyncio.to_thread(readside.close)
 
     return Litestar(
-        route_handlers=[*ROUTES, *DIALECT_ROUTES],
+        route_handlers=[*ROUTES, *enabled_routes(settings)],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=DarkroomRequest,

@@ -85,18 +85,24 @@ def live(amqp_url: str, tmp_path_factory: pytest.TempPathFactory):
 
 
 EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 40}
+# Operations documented as 501 Not Implemented (the Chutes proxy's editing, video and analysis,
+# which Darkroom does not do): their 501 is their documented answer, not a server error.
+NOT_BUILT = {"POST /chutes/edit", "POST /chutes/generate-video", "POST /chutes/analyze-image"}
 
 
 def fuzz(operation, mode: GenerationMode, url: str, auth: dict[str, str]) -> None:
     """Hypothesis-generated requests for one operation; raises with the smallest failing case."""
+    name = f"{operation.method.upper()} {operation.path}"
+    checks = [check for check in CHECKS if check is not not_a_server_error] if name in NOT_BUILT else CHECKS
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @hypothesis_settings(max_examples=EXAMPLES[mode], deadline=None, database=None,
                          suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
     def requests(case) -> None:
-        response = case.call_and_validate(base_url=url, headers=auth, checks=CHECKS)
-        SENT[f"{operation.method.upper()} {operation.path}"] += 1
-        STATUSES[response.status_code] += 1
+        response = case.call_and_validate(base_url=url, headers=auth, checks=checks)
+        SENT[name] += 1
+        if not (name in NOT_BUILT and response.status_code == 501):  # its documented answer
+            STATUSES[response.status_code] += 1
 
     requests()
 

@@ -102,3 +102,19 @@ async def cancel_running(principal: Principal, *, bus: BusLink, files: JobFiles)
         except DomainError:  # it ended meanwhile
             continue
     return running
+
+
+async def cancel_idle(principal: Principal, idle_seconds: float, *, bus: BusLink, files: JobFiles) -> list[str]:
+    """Cancel the caller's queued or running jobs that have not changed for `idle_seconds` (stuck:
+    no step, no heartbeat-driven update, still waiting); the ids of those cancelled."""
+    now = time.time()
+    idle = [job.doc.id for job in await asyncio.to_thread(active_jobs, principal, files=files)
+            if now - job.doc.updated_at.timestamp() >= idle_seconds]
+    cancelled = []
+    for job_id in idle:
+        try:
+            await cancel_job(job_id, principal, bus=bus, files=files)
+        except DomainError:  # it ended meanwhile
+            continue
+        cancelled.append(job_id)
+    return cancelled

@@ -28,6 +28,12 @@ JOB_REQUEUED = "job.requeued"
 MODEL_LOADING = "model.loading"
 MODEL_LOADED = "model.loaded"
 MODEL_EVICTED = "model.evicted"
+# The models stage: pulls of model and LoRA files, and models coming and going from the catalog.
+MODEL_PULL_STARTED = "model.pull.started"
+MODEL_PULL_PROGRESS = "model.pull.progress"
+MODEL_PULL_FAILED = "model.pull.failed"
+MODEL_AVAILABLE = "model.available"
+MODEL_REMOVED = "model.removed"
 IMAGE_GENERATED = "image.generated"
 IMAGE_SAVED = "image.saved"
 IMAGE_DELETED = "image.deleted"
@@ -37,6 +43,8 @@ WORKER_HEARTBEAT = "worker.heartbeat"
 # Routing keys on the commands exchange (direct): each has exactly one consuming queue.
 GENERATE_IMAGES = "generate_images"
 SWEEP_STALLED = "sweep_stalled"
+PULL_MODEL = "pull_model"
+REMOVE_MODEL = "remove_model"
 
 # Topic wildcards: `*` is one dot-separated word, `#` any number of them (none included).
 EVERY_EVENT = "#"
@@ -47,8 +55,11 @@ EVERY_MODEL_EVENT = "model.#"
 ENRICHER_KEYS = (JOB_ACCEPTED,)
 SAVER_KEYS = (IMAGE_GENERATED,)
 RECORDER_KEYS = (EVERY_EVENT,)
-# The reaper follows each job's liveness: everything a worker says about a job, and its end.
-REAPER_KEYS = (EVERY_JOB_EVENT, EVERY_MODEL_EVENT, IMAGE_GENERATED, WORKER_HEARTBEAT)
+# The reaper follows each job's liveness: everything a worker says about a job, and its end (a
+# worker's model loads included; the models stage's pulls are no job's).
+REAPER_KEYS = (EVERY_JOB_EVENT, MODEL_LOADING, MODEL_LOADED, MODEL_EVICTED, IMAGE_GENERATED, WORKER_HEARTBEAT)
+# What a generator follows about the catalog: a model appeared (re-read it) or went (drop it).
+CATALOG_CHANGE_KEYS = (MODEL_AVAILABLE, MODEL_REMOVED)
 
 # Exchange kinds, by the Topology attribute that names the exchange.
 EVENTS, COMMANDS = "events", "commands"
@@ -61,6 +72,7 @@ STAGE_BINDINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "recorder": (EVENTS, RECORDER_KEYS),
     "reaper": (EVENTS, REAPER_KEYS),
     "reaper.commands": (COMMANDS, (SWEEP_STALLED,)),
+    "models": (COMMANDS, (PULL_MODEL, REMOVE_MODEL)),
 }
 
 # Message headers. Ours, on a message a stage parked itself: why, and from which queue.

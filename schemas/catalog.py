@@ -8,6 +8,7 @@ Face repo id (for users with internet).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -206,6 +207,17 @@ def pulled_entry(model_id: str, pulled: PulledModel, data_dir: Path) -> ModelEnt
     entry = pulled.entry
     return msgspec.structs.replace(entry, id=model_id, source=absolute(entry.source),
                                    config=absolute(entry.config) if entry.config else None)
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def model_name_from_source(source: str) -> str:
+    """The id a pulled model (or LoRA) gets when none is given: its repo's, file's or folder's name."""
+    tail = source.rstrip("/").split("?")[0].rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        tail = tail.removesuffix(suffix)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-._")[:64] or "model"
 
 
 class _CatalogFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

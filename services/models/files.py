@@ -6,8 +6,9 @@ from a local folder.
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
+
+from schemas.catalog import MODEL_NAME
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".gguf")
 # Loading these runs Python's unpickler: arbitrary code from whoever made the file.
@@ -20,7 +21,7 @@ SKIPPED_COMPONENTS = frozenset({"safety_checker"})
 PREFERRED_WEIGHTS = (".safetensors", ".bin")
 LORA_NAMES = ("pytorch_lora_weights.safetensors",)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = MODEL_NAME
 
 
 class UnusableSource(ValueError):
@@ -85,15 +86,6 @@ def choose_single_file(paths: list[str], *, lora: bool) -> str:
     if not candidates:
         raise UnusableSource("no weights file (.safetensors) at its top level")
     raise UnusableSource(f"several weights files ({', '.join(sorted(candidates)[:6])}); pull one by its URL")
-
-
-def name_from_source(source: str) -> str:
-    """A catalog id for a source: the repo's, file's or folder's name, cleaned."""
-    tail = source.rstrip("/").split("?")[0].rsplit("/", 1)[-1]
-    for suffix in SINGLE_FILE_SUFFIXES:
-        tail = tail.removesuffix(suffix)
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-._")[:64]
-    return cleaned or "model"
 
 
 def check_name(name: str) -> str | None:

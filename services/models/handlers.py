@@ -15,7 +15,7 @@ import msgspec
 import structlog
 
 from schemas.api import PullStatus
-from schemas.catalog import ModelEntry, ModelFile, PulledModel
+from schemas.catalog import ModelEntry, ModelFile, PulledModel, model_name_from_source
 from schemas.events import (
     Event,
     ModelAvailable,
@@ -30,7 +30,7 @@ from schemas.events import (
 from schemas.layout import LORA_SUFFIXES, DataLayout, lora_file
 from services.models import downloads, inspect
 from services.models.downloads import DownloadError, Plan
-from services.models.files import UnusableSource, check_name, is_pickle, name_from_source
+from services.models.files import UnusableSource, check_name, is_pickle
 from services.models.inspect import NotAModel
 from services.models.store import ModelStore, PullRecord, now
 
@@ -69,7 +69,7 @@ async def accept_pull(command: PullModel, *, stage: Stage) -> None:
     existing = await asyncio.to_thread(stage.store.read_pull, command.command_id)
     if existing is not None:
         return  # a redelivery: the record is already being worked on
-    record = PullRecord(command=command, status=_status(command, command.name or name_from_source(command.source)))
+    record = PullRecord(command=command, status=_status(command, command.name or model_name_from_source(command.source)))
     await asyncio.to_thread(stage.store.save_pull, record)
     stage.queue.put_nowait(record)
 

@@ -4,6 +4,7 @@ provisioning models while running (admin)."""
 from __future__ import annotations
 
 from litestar import Controller, get, post
+from litestar.params import FromPath, JSONBody
 
 from schemas.api import ModelList, PullRequest, PullStatus, SamplerInfo
 from services.ingress.domain import catalog as domain
@@ -21,14 +22,14 @@ class ModelRoutes(Controller):
 
     @post("/models/pulls", summary="Pull a model or LoRA while running (admin)", status_code=202,
           responses=errors(400, 403, 503))
-    async def pull_model(self, principal: Caller, bus: BusDep, data: PullRequest) -> PullStatus:
+    async def pull_model(self, principal: Caller, bus: BusDep, data: JSONBody[PullRequest]) -> PullStatus:
         """The models stage downloads (Hugging Face repo id, http(s) URL or server path), verifies
         and places the files, then the model appears in GET /v1/models (or the LoRA in /v1/loras).
         Follow it at GET /v1/models/pulls/{id} or on the `model.pull.*` and `model.available` events."""
         return await pulls.request_pull(data, principal, bus=bus)
 
     @get("/models/pulls/{pull_id:str}", summary="How a pull is going (admin)", responses=errors(403, 404))
-    async def get_pull(self, principal: Caller, layout: LayoutDep, pull_id: str) -> PullStatus:
+    async def get_pull(self, principal: Caller, layout: LayoutDep, pull_id: FromPath[str]) -> PullStatus:
         return pulls.read_pull(pull_id, principal, layout=layout)
 
     @get("/samplers", summary="Samplers by their A1111 names", responses=errors())

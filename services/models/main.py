@@ -43,6 +43,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             layout=layout, store=ModelStore(layout), catalog=runtime.LiveCatalog(settings),
             publish=bus.publish, publish_soon=bus.publish_soon,
             jobs_using=partial(jobs_using, layout, JobFiles(layout)), disk_reserve=settings.models_disk_reserve,
+            progress_interval=1 / settings.progress_rate if settings.progress_rate > 0 else 0.0,
         )
 
         async def handle(command: AnyCommand):

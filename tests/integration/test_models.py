@@ -201,3 +201,20 @@ async def test_url_pulls_of_a_single_file_checkpoint_and_a_lora(stage_settings, 
         assert pulled.status_code == 202 and pulled.json()["name"] == "x"
         assert (await client.get(f"/v1/models/pulls/{single.pull_id}")).json()["state"] == "available"
         assert (await client.get(f"/v1/models/pulls/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_the_cli_pulls_in_its_own_process_when_darkroom_is_not_running(with_tiny_model, tmp_path, tiny_model, capsys):
+    from ops import models
+
+    settings = msgspec.structs.replace(with_tiny_model, amqp_url=None, models_disk_reserve=0)
+    source = shutil.copytree(tiny_model, tmp_path / "local-model")
+    assert await models.pull(settings, PullModel(source=str(source), name="local")) == 0
+    assert models.list_models(settings) == 0
+    out = capsys.readouterr()
+    assert "pulling in this process" in out.err and "local is available in the catalog" in out.err
+    assert "pulled:" in out.out and "local" in out.out
+    assert (Path(settings.data_dir) / "models" / "local" / "model_index.json").exists()
+    assert models.show(settings, "local") == 0
+    shown = msgspec.json.decode(capsys.readouterr().out)
+    assert shown["catalog_entry"]["family"] == "sd1.x" and shown["pulled"]["origin"] == str(source)
+    assert all(len(f["sha256"]) == 64 for f in shown["pulled"]["files"])

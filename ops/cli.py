@@ -138,6 +138,25 @@ def cmd_analytics(args: argparse.Namespace) -> int:
 
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ops import models
+
+    settings = _settings()
+    if args.models_command == "pull":
+        from schemas.events import PullModel
+
+        command = PullModel(source=args.source, name=args.name, kind=args.kind, revision=args.revision,
+                            sha256=args.sha256, allow_pickle=args.allow_pickle, config=args.config, requested_by="cli")
+        return asyncio.run(models.pull(settings, command, wait=not args.detach))
+    if args.models_command == "remove":
+        return asyncio.run(models.remove(settings, args.name, args.kind, args.wait))
+    if args.models_command == "show":
+        return models.show(settings, args.name)
+    return models.list_models(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="darkroom", description="Self-hosted image generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="each event as one JSON line")
     tail.add_argument("--count", type=int, help="stop after this many events")
     tail.set_defaults(func=cmd_events)
+    models = sub.add_parser("models", help="pull, list, show and remove models and LoRAs while running")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    pull = models_sub.add_parser("pull", help="download, verify and add a model or LoRA (progress shown)")
+    pull.add_argument("source", help="a Hugging Face repo id (org/name), an http(s) URL, or a local path")
+    pull.add_argument("--name", help="its id in the catalog (default: from the source)")
+    pull.add_argument("--kind", choices=("checkpoint", "lora"), default="checkpoint")
+    pull.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
+    pull.add_argument("--sha256", help="expected sha256 of a single-file source (URL or file)")
+    pull.add_argument("--config", help="single-file checkpoints: a catalog model id or diffusers folder with the "
+                                       "matching configs (default: the default model)")
+    pull.add_argument("--allow-pickle", action="store_true",
+                      help="accept pickled .ckpt/.bin/.pt weights (loading them can run code)")
+    pull.add_argument("--detach", action="store_true", help="send the pull and return without following it")
+    pull.set_defaults(func=cmd_models)
+    models_sub.add_parser("list", help="models in the catalog and pulled LoRAs").set_defaults(func=cmd_models)
+    show = models_sub.add_parser("show", help="a model's catalog entry and pulled files (with sha256) as JSON")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_models)
+    remove = models_sub.add_parser("remove", help="remove a pulled model or LoRA (refused while jobs use it)")
+    remove.add_argument("name")
+    remove.add_argument("--kind", choices=("checkpoint", "lora"), default="checkpoint")
+    remove.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                        help="wait up to this long for the jobs that use it to end")
+    remove.set_defaults(func=cmd_models)
     schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
     schema.add_argument("--asyncapi", action="store_true", help="the AsyncAPI 3 document of the AMQP contract instead")
     schema.set_defaults(func=cmd_schema)

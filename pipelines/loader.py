@@ -183,6 +183,13 @@ class ModelCache:
         self._models[entry.id] = model
         return model, evicted
 
+    def drop(self, model_id: str) -> LoadedModel | None:
+        """Forget a warm model (its files were removed); returns it, or None when it was not warm."""
+        model = self._models.pop(model_id, None)
+        if model is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return model
+
     def _make_room(self, needed: int, keep: str) -> list[LoadedModel]:
         evicted = []
         while self._models and self.used + needed > self.budget:

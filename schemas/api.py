@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -290,3 +290,40 @@ class ExportAnswer(msgspec.Struct, kw_only=True):
 
     folder: str
     files: list[str]
+
+
+Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$", description="sha256, 64 hex digits")]
+
+
+class PullRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/models/pulls: provision a model or LoRA while Darkroom runs (admin)."""
+
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=2048,
+                                        description="A Hugging Face repo id, an http(s) URL, or a path on the server")]
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
+    kind: Literal["checkpoint", "lora"] = "checkpoint"
+    revision: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    sha256: Sha256 | None = None
+    allow_pickle: Annotated[bool, msgspec.Meta(description="Accept pickled .ckpt/.bin/.pt weights (they can run code)")] = False
+    config: Annotated[str, msgspec.Meta(max_length=1024, description="Single-file checkpoints: a catalog model id or "
+                                                                     "diffusers folder with the matching configs")] | None = None
+
+
+PullState = Literal["queued", "pulling", "verifying", "placing", "available", "failed"]
+
+
+class PullStatus(msgspec.Struct, kw_only=True):
+    """A pull as the models stage reports it (GET /v1/models/pulls/{id}; state/pulls/<id>.json)."""
+
+    id: str
+    source: str
+    name: str
+    kind: Literal["checkpoint", "lora"]
+    state: PullState = "queued"
+    done_bytes: int = 0
+    total_bytes: int = 0
+    files: int = 0
+    revision: str | None = None
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime

@@ -8,6 +8,7 @@ Face repo id (for users with internet).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -146,6 +147,81 @@ class Catalog(msgspec.Struct, frozen=True, kw_only=True):
             raise KeyError(f"unknown model {key!r}; valid models: {', '.join(sorted(self.models))}") from None
 
 
+class ModelFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One file of a pulled model: its path inside the model, size and content hash (the hash is
+    what a remote generator will ask the control node for)."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+class PulledModel(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A model or LoRA the models stage provisioned, as the runtime catalog records it."""
+
+    kind: Literal["checkpoint", "lora"] = "checkpoint"
+    # The repo id, URL or path it came from, and the hub revision (commit) when there was one.
+    origin: str
+    revision: str | None = None
+    pulled_at: str = ""
+    # Relative to the data directory: a diffusers folder, a single file, or a LoRA file.
+    path: str
+    files: list[ModelFile] = []
+    # Checkpoints only: the catalog entry (source and config relative to the data directory).
+    entry: ModelEntry | None = None
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class RuntimeCatalog(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`state/models.toml`: what the models stage pulled while Darkroom ran (written only by it)."""
+
+    models: dict[str, PulledModel] = {}
+    loras: dict[str, PulledModel] = {}
+
+
+def parse_runtime_catalog(text: str, path: Path) -> RuntimeCatalog:
+    try:
+        return msgspec.convert(tomllib.loads(text), RuntimeCatalog)
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+
+
+def load_runtime_catalog(data_dir: Path) -> RuntimeCatalog:
+    path = runtime_catalog_path(data_dir)
+    return parse_runtime_catalog(path.read_text(), path) if path.exists() else RuntimeCatalog()
+
+
+def runtime_catalog_path(data_dir: Path) -> Path:
+    return data_dir / "state" / "models.toml"
+
+
+def pulled_entry(model_id: str, pulled: PulledModel, data_dir: Path) -> ModelEntry | None:
+    """A pulled checkpoint's catalog entry with its paths made absolute (None for a LoRA)."""
+    if pulled.entry is None:
+        return None
+
+    def absolute(value: str) -> str:
+        return value if Path(value).is_absolute() else str(data_dir / value)
+
+    entry = pulled.entry
+    return msgspec.structs.replace(entry, id=model_id, source=absolute(entry.source),
+                                   config=absolute(entry.config) if entry.config else None)
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def model_name_from_source(source: str) -> str:
+    """The id a pulled model (or LoRA) gets when none is given: its repo's, file's or folder's name."""
+    tail = source.rstrip("/").split("?")[0].rsplit("/", 1)[-1]
+    for suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        tail = tail.removesuffix(suffix)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-._")[:64] or "model"
+
+
 class _CatalogFile(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     default: str | None = None
     models: dict[str, ModelEntry] = {}
@@ -209,8 +285,13 @@ def tiny_model_entry(data_dir: Path) -> ModelEntry:
 
 
 def load_catalog(path: Path, data_dir: Path) -> Catalog:
-    """Read darkroom.toml (which may be absent) and add the built-in model and styles."""
-    return parse_catalog(path.read_text() if path.exists() else "", path, data_dir)
+    """Read darkroom.toml (which may be absent), add the built-in model and styles, and the models
+    pulled at runtime (`state/models.toml`; darkroom.toml wins a name both use)."""
+    catalog = parse_catalog(path.read_text() if path.exists() else "", path, data_dir)
+    pulled = load_runtime_catalog(data_dir)
+    extra = {key: entry for key, item in pulled.models.items()
+             if key not in catalog.models and (entry := pulled_entry(key, item, data_dir)) is not None}
+    return msgspec.structs.replace(catalog, models={**catalog.models, **extra}) if extra else catalog
 
 
 def parse_catalog(text: str, path: Path, data_dir: Path) -> Catalog:

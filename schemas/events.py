@@ -19,6 +19,8 @@ from schemas.jobs import Enrichment, ImageMetadata, ImageRecord, JobDocument, Jo
 from schemas.webhooks import WebhookTarget
 
 ProgressPhase = Literal["preparing", "loading_model", "generating", "hires", "saving"]
+# What a pull provisions: a model for the catalog, or a LoRA for the LoRA folder.
+PullKind = Literal["checkpoint", "lora"]
 
 
 def new_id() -> str:
@@ -101,6 +103,64 @@ class ModelEvicted(Event, tag=t.MODEL_EVICTED, kw_only=True):
     model: str
     worker: str
     bytes: int
+
+
+class ModelPullStarted(Event, tag=t.MODEL_PULL_STARTED, kw_only=True):
+    """The models stage began a pull: the files it will fetch and their total size (`pull_id` is
+    the PullModel command's id; pulls concern no job)."""
+
+    job_id: str | None = None
+    pull_id: str
+    model: str
+    kind: PullKind = "checkpoint"
+    source: str
+    files: int
+    total_bytes: int
+
+
+class ModelPullProgressed(Event, tag=t.MODEL_PULL_PROGRESS, kw_only=True):
+    """Bytes of a pull on disk so far (transient, throttled); a resumed pull starts where it stopped."""
+
+    job_id: str | None = None
+    pull_id: str
+    model: str
+    done_bytes: int
+    total_bytes: int
+    # The file being fetched, relative to the model's folder.
+    file: str = ""
+
+
+class ModelPullFailed(Event, tag=t.MODEL_PULL_FAILED, kw_only=True):
+    """A pull stopped without a model; `reason` says why in words an operator can act on."""
+
+    job_id: str | None = None
+    pull_id: str
+    model: str
+    reason: str
+
+
+class ModelAvailable(Event, tag=t.MODEL_AVAILABLE, kw_only=True):
+    """A pulled model or LoRA is verified, in place and in the runtime catalog; generators see it
+    on their next job that names it."""
+
+    job_id: str | None = None
+    pull_id: str | None = None
+    model: str
+    kind: PullKind = "checkpoint"
+    # Where it lives, relative to the data directory, and the sha256 of each file in it.
+    path: str
+    files: dict[str, str] = {}
+    bytes: int = 0
+    family: str | None = None
+
+
+class ModelRemoved(Event, tag=t.MODEL_REMOVED, kw_only=True):
+    """A model or LoRA was removed from the runtime catalog and its files deleted; generators drop
+    it from their warm cache."""
+
+    job_id: str | None = None
+    model: str
+    kind: PullKind = "checkpoint"
 
 
 class ImageGenerated(Event, tag=t.IMAGE_GENERATED, kw_only=True):
@@ -218,6 +278,11 @@ AnyEvent = (
     | ModelLoading
     | ModelLoaded
     | ModelEvicted
+    | ModelPullStarted
+    | ModelPullProgressed
+    | ModelPullFailed
+    | ModelAvailable
+    | ModelRemoved
     | ImageGenerated
     | ImageSaved
     | JobCompleted
@@ -236,7 +301,7 @@ AnyEvent = (
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
 
 # Events that may be lost without harm: published without confirms, not persisted.
-TRANSIENT_EVENTS: tuple[type[Event], ...] = (JobProgressed, WorkerHeartbeat)
+TRANSIENT_EVENTS: tuple[type[Event], ...] = (JobProgressed, WorkerHeartbeat, ModelPullProgressed)
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -281,7 +346,37 @@ class DeliverWebhook(Command, tag=t.DELIVER_WEBHOOK, kw_only=True):
     tries: int = 0
 
 
-AnyCommand = GenerateImages | SweepStalled | DeliverWebhook
+class PullModel(Command, tag=t.PULL_MODEL, kw_only=True):
+    """Provision a model or LoRA: from a Hugging Face repo id (HF_ENDPOINT, HF_TOKEN honoured), an
+    http(s) URL, or a local path. Consumed by the models stage; `command_id` is the pull's id."""
+
+    job_id: str | None = None
+    source: str
+    # The catalog id (or LoRA name) it gets; derived from the source when absent.
+    name: str | None = None
+    kind: PullKind = "checkpoint"
+    revision: str | None = None
+    # Expected sha256 of a single-file source (URL or file); hub files are checked against the hub's own.
+    sha256: str | None = None
+    # Pickled weights (.ckpt, .bin, .pt) can run code when loaded: refused unless this is set.
+    allow_pickle: bool = False
+    # For a single-file checkpoint: the local diffusers folder (or catalog id) with its configs;
+    # default: the catalog's default model.
+    config: str | None = None
+    requested_by: str | None = None
+
+
+class RemoveModel(Command, tag=t.REMOVE_MODEL, kw_only=True):
+    """Remove a pulled model or LoRA (request-reply: the models stage answers with a RemovalResult).
+
+    Refused while jobs that are pending or processing name it."""
+
+    job_id: str | None = None
+    model: str
+    kind: PullKind = "checkpoint"
+
+
+AnyCommand = GenerateImages | SweepStalled | DeliverWebhook | PullModel | RemoveModel
 
 
 def command_for_attempt(
@@ -309,6 +404,15 @@ class SweepResult(msgspec.Struct, frozen=True, kw_only=True):
     reset_count: int
     failed_count: int
     job_ids: list[str]
+
+
+class RemovalResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The models stage's answer to RemoveModel."""
+
+    removed: bool
+    message: str
+    # Jobs that still use the model (pending or processing) when the removal was refused.
+    jobs: list[str] = []
 
 
 def event_schema() -> dict:

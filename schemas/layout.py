@@ -7,6 +7,9 @@
     queue.txt                    ids of pending and processing jobs, one a line
     models/                      the built-in model, and LoRAs under models/loras
     state/                       API keys, sessions, presets
+    state/models.toml            the runtime catalog: models and LoRAs pulled while running
+    state/pulls/<id>.json        each pull's request and progress
+    models/.partial/<pull>/      files of a pull in progress (renamed into models/ when verified)
 """
 
 from __future__ import annotations
@@ -92,6 +95,21 @@ class DataLayout(msgspec.Struct, frozen=True):
     def loras_dir(self) -> Path:
         """The LoRA library: .safetensors files, named by file name."""
         return self.models_dir / "loras"
+
+    @property
+    def runtime_catalog(self) -> Path:
+        """Models and LoRAs pulled while running (written only by the models stage)."""
+        return self.state_dir / "models.toml"
+
+    @property
+    def pulls_dir(self) -> Path:
+        """One JSON document per pull: its request, state and progress."""
+        return self.state_dir / "pulls"
+
+    @property
+    def partial_models_dir(self) -> Path:
+        """Pulls in progress, one folder each; the same pull resumes into the same folder."""
+        return self.models_dir / ".partial"
 
     @property
     def inputs_dir(self) -> Path:

@@ -17,7 +17,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 
 
-SERVICES = ("recorder", "saver", "enricher", "generator", "reaper", "notifier", "ingress")
+SERVICES = ("recorder", "saver", "enricher", "models", "generator", "reaper", "notifier", "ingress")
 # The foreign APIs the ingress can speak (services/ingress/dialects), by their OpenAPI tag.
 DIALECTS = ("openai", "sdapi", "weights", "chutes", "cyberimage", "a1111")
 
@@ -73,7 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Origins allowed to call the API from a browser ("*" for any); empty: CORS closed.
     cors_origins: str = ""
     # Which services `darkroom run` starts on this machine (a GPU box may run only `generator`).
-    services: str = "recorder,saver,enricher,generator,reaper,notifier,ingress"
+    services: str = "recorder,saver,enricher,models,generator,reaper,notifier,ingress"
     # Generator processes `darkroom run` starts (e.g. one per GPU, with CUDA_VISIBLE_DEVICES set by you).
     generators: int = 1
     # Attempts a job gets (stalls, crashes, pipeline errors) before it fails with the reason.
@@ -120,6 +120,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_max_response_bytes: int = 64 * 1024
     # Live streams: seconds between SSE keep-alive comments.
     stream_keepalive: float = 15.0
+    # Disk space the models stage leaves free: a pull that would eat into it is refused up front.
+    models_disk_reserve: int = 1024**3
 
     @property
     def service_list(self) -> tuple[str, ...]:
@@ -175,7 +177,7 @@ def parse_duration(name: str, raw: str) -> float:
 
 
 def _parse(name: str, raw: str, kind: object) -> object:
-    if name == "DARKROOM_MEMORY_BUDGET":
+    if name in ("DARKROOM_MEMORY_BUDGET", "DARKROOM_MODELS_DISK_RESERVE"):
         return parse_size(name, raw)
     if name in ("DARKROOM_IMAGE_TTL", "DARKROOM_DIALECT_WAIT"):
         return parse_duration(name, raw)

@@ -28,6 +28,12 @@ JOB_REQUEUED = "job.requeued"
 MODEL_LOADING = "model.loading"
 MODEL_LOADED = "model.loaded"
 MODEL_EVICTED = "model.evicted"
+# The models stage: pulls of model and LoRA files, and models coming and going from the catalog.
+MODEL_PULL_STARTED = "model.pull.started"
+MODEL_PULL_PROGRESS = "model.pull.progress"
+MODEL_PULL_FAILED = "model.pull.failed"
+MODEL_AVAILABLE = "model.available"
+MODEL_REMOVED = "model.removed"
 IMAGE_GENERATED = "image.generated"
 IMAGE_SAVED = "image.saved"
 IMAGE_DELETED = "image.deleted"
@@ -40,6 +46,8 @@ WEBHOOK_FAILED = "webhook.failed"
 GENERATE_IMAGES = "generate_images"
 SWEEP_STALLED = "sweep_stalled"
 DELIVER_WEBHOOK = "deliver_webhook"
+PULL_MODEL = "pull_model"
+REMOVE_MODEL = "remove_model"
 
 # Topic wildcards: `*` is one dot-separated word, `#` any number of them (none included).
 EVERY_EVENT = "#"
@@ -52,8 +60,11 @@ EVERY_WEBHOOK_EVENT = "webhook.#"
 ENRICHER_KEYS = (JOB_ACCEPTED,)
 SAVER_KEYS = (IMAGE_GENERATED,)
 RECORDER_KEYS = (EVERY_EVENT,)
-# The reaper follows each job's liveness: everything a worker says about a job, and its end.
-REAPER_KEYS = (EVERY_JOB_EVENT, EVERY_MODEL_EVENT, IMAGE_GENERATED, WORKER_HEARTBEAT)
+# The reaper follows each job's liveness: everything a worker says about a job, and its end (a
+# worker's model loads included; the models stage's pulls are no job's).
+REAPER_KEYS = (EVERY_JOB_EVENT, MODEL_LOADING, MODEL_LOADED, MODEL_EVICTED, IMAGE_GENERATED, WORKER_HEARTBEAT)
+# What a generator follows about the catalog: a model appeared (re-read it) or went (drop it).
+CATALOG_CHANGE_KEYS = (MODEL_AVAILABLE, MODEL_REMOVED)
 # The notifier: the events a webhook may ask for (job.*, image.saved), never image.generated's bytes.
 NOTIFIER_KEYS = (EVERY_JOB_EVENT, IMAGE_SAVED)
 
@@ -70,6 +81,7 @@ STAGE_BINDINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reaper.commands": (COMMANDS, (SWEEP_STALLED,)),
     "notifier": (EVENTS, NOTIFIER_KEYS),
     "notifier.deliveries": (COMMANDS, (DELIVER_WEBHOOK,)),
+    "models": (COMMANDS, (PULL_MODEL, REMOVE_MODEL)),
 }
 
 # Message headers. Ours, on a message a stage parked itself: why, and from which queue.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from schemas.catalog import Catalog, CatalogError, load_catalog
+from schemas.catalog import Catalog, CatalogError, load_catalog, runtime_catalog_path
 from schemas.layout import DataLayout
 from schemas.settings import Settings, SettingsError
 from schemas.topology import Topology
@@ -64,8 +64,65 @@ def layout(settings: Settings) -> DataLayout:
 
 
 def catalog(settings: Settings) -> Catalog:
-    """The model catalog and styles from darkroom.toml (absent is fine: built-ins only)."""
+    """The model catalog and styles from darkroom.toml (absent is fine: built-ins only), with the
+    models pulled at runtime."""
     return load_catalog(Path(settings.config_path).resolve(), settings.data_path)
+
+
+class LiveCatalog:
+    """The catalog, read again whenever darkroom.toml or the runtime catalog (`state/models.toml`)
+    changed: two `stat` calls per look, so a model pulled (or removed) while running is seen by the
+    next request or job without a restart. A file that no longer parses keeps the last good catalog.
+
+    It reads like a `Catalog` (`model`, `models`, `default`, `styles`) for code written against one.
+    """
+
+    def __init__(self, settings: Settings):
+        self.config_path = Path(settings.config_path).resolve()
+        self.data_dir = settings.data_path
+        self.runtime_path = runtime_catalog_path(self.data_dir)
+        self._stamp = self._stamps()
+        self._catalog = load_catalog(self.config_path, self.data_dir)
+
+    def _stamps(self) -> tuple:
+        def stamp(path: Path) -> tuple | None:
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return None
+            return st.st_mtime_ns, st.st_size, st.st_ino
+
+        return stamp(self.config_path), stamp(self.runtime_path)
+
+    def current(self, *, force: bool = False) -> Catalog:
+        stamp = self._stamps()
+        if force or stamp != self._stamp:
+            try:
+                self._catalog = load_catalog(self.config_path, self.data_dir)
+                self._stamp = stamp
+            except (CatalogError, OSError) as exc:
+                structlog.get_logger("catalog").error("catalog changed but cannot be read; keeping the last one",
+                                                      error=str(exc))
+        return self._catalog
+
+    def model(self, model_id: str | None):
+        return self.current().model(model_id)
+
+    @property
+    def models(self):
+        return self.current().models
+
+    @property
+    def default(self) -> str:
+        return self.current().default
+
+    @property
+    def styles(self):
+        return self.current().styles
+
+    @property
+    def enrichment(self):
+        return self.current().enrichment
 
 
 @asynccontextmanager

@@ -3,10 +3,14 @@ compatible), follow other workers' news of jobs, fail a job whose generation rai
 
 from __future__ import annotations
 
-from schemas.events import Event, GenerateImages, JobFailed
+import structlog
+
+from schemas.events import Event, GenerateImages, JobFailed, ModelRemoved
 from services.bus import Retry
 from services.generator.outcomes import next_attempt
 from services.generator.worker import Worker
+
+log = structlog.get_logger("generator")
 
 
 async def generate_images(command: GenerateImages, *, deliveries: int, worker: Worker) -> None:
@@ -34,3 +38,13 @@ async def fail_job(command: GenerateImages, error: Exception, *, worker: Worker)
     await worker.bus.publish(JobFailed(
         job_id=command.job_id, reason=f"generation failed: {type(error).__name__}: {error}", attempt=command.attempt
     ))
+
+
+async def follow_catalog(event: Event, *, worker: Worker) -> None:
+    """A model came (the catalog is read again, so the next job naming it finds it) or went (its
+    warm pipeline is dropped, after the call under way: the pipeline thread does it)."""
+    worker.catalog.current(force=True)
+    if isinstance(event, ModelRemoved):
+        dropped = await worker.run(worker.cache.drop, event.model)
+        if dropped is not None:
+            log.info("removed model dropped from the warm cache", model=event.model)

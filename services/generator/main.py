@@ -20,7 +20,7 @@ from schemas.settings import Settings
 from services import runtime
 from services.bus import command_decoder, delivery_count
 from services.generator import faults
-from services.generator.handlers import fail_job, follow_job, generate_images
+from services.generator.handlers import fail_job, follow_catalog, follow_job, generate_images
 from services.generator.progress import ProgressSettings
 from services.generator.render import Renderer
 from services.generator.worker import Options, Worker
@@ -30,7 +30,8 @@ log = structlog.get_logger(STAGE)
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    catalog = runtime.catalog(settings)
+    # Read again when the runtime catalog changes: models pulled while running need no restart.
+    catalog = runtime.LiveCatalog(settings)
     cache = ModelCache(settings.memory_budget, settings.device)
     threads = configure_threads(settings.torch_threads, resolve_device(settings.device))
     await asyncio.to_thread(ensure_tiny_model, Path(catalog.models[TINY_MODEL_ID].source))
@@ -74,6 +75,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
              topology.JOB_COMPLETED, topology.JOB_FAILED, topology.JOB_CANCELLED],
             partial(follow_job, worker=worker), name="generator-follow", outlive_disconnects=True,
         )
+        await bus.subscribe(topology.CATALOG_CHANGE_KEYS, partial(follow_catalog, worker=worker), name="generator-catalog")
         # Prefetch two batches: a full next batch waits here while one runs. Commands a worker
         # holds when it dies go back with their delivery count up by one (4 deliveries allowed).
         await bus.consume(

@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> Litestar:
     files = JobFiles(layout)
     state = State({
         "config": settings,
-        "catalog": runtime.catalog(settings),
+        "catalog": runtime.LiveCatalog(settings),  # routes get its current Catalog (routes.common)
         "layout": layout,
         "files": files,
         "keys": keys,

@@ -53,6 +53,11 @@ def _from_state(name: str) -> Provide:
     return Provide(provide, sync_to_thread=False)
 
 
+def provide_catalog(state: State) -> Catalog:
+    """The catalog as it is now: darkroom.toml plus the models pulled while running."""
+    return state["catalog"].current()
+
+
 def provide_readside(state: State) -> ReadSide:
     """The read side; 503 while it is not open (before the lifespan opened it, after it closed it)."""
     readside = state.get("readside")
@@ -83,8 +88,8 @@ async def provide_viewer(request: Request, config: NamedDependency[Settings],
 
 
 DEPENDENCIES = {
-    **{name: _from_state(name) for name in ("config", "catalog", "layout", "files", "keys", "limits",
-                                            "idempotency", "bus")},
+    **{name: _from_state(name) for name in ("config", "layout", "files", "keys", "limits", "idempotency", "bus")},
+    "catalog": Provide(provide_catalog, sync_to_thread=False),
     "readside": Provide(provide_readside, sync_to_thread=False),
     "readside_if_open": Provide(provide_readside_if_open, sync_to_thread=False),
     "principal": Provide(provide_principal),

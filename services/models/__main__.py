@@ -1,0 +1,3 @@
+from services.models.main import run
+
+run()

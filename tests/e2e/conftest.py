@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,13 @@ class Stack:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10, headers=self.auth)
+
+
+def created_token(output: str) -> str:
+    """The API token in what `darkroom keys create` printed (it prints the webhook secret too)."""
+    found = re.search(r"\bdrk_[0-9a-f]+_[A-Za-z0-9_-]+", output)
+    assert found, f"no token in {output!r}"
+    return found.group(0)
 
 
 def darkroom_command() -> list[str]:

@@ -16,7 +16,7 @@ import httpx
 from PIL import Image
 
 from ops.broker import free_port
-from tests.e2e.conftest import Stack, darkroom_command
+from tests.e2e.conftest import Stack, created_token, darkroom_command
 from tests.library_support import kohya_metadata, write_lora
 from tests.support import wait_for_sync
 
@@ -46,8 +46,8 @@ def seed_stack(root: Path, tiny_model: Path, tiny_lora: Path, **env_extra: str) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
     env |= {"DARKROOM_DATA_DIR": str(data_dir), "DARKROOM_PORT": str(port), "DARKROOM_LOG_FORMAT": "json",
             "DARKROOM_CONFIG_PATH": str(root / "darkroom.toml"), "DARKROOM_PREVIEW_EVERY": "1", **env_extra}
-    key = subprocess.run([*darkroom_command(), "keys", "create", "--name", "ops", "--admin"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()[-1]
+    key = created_token(subprocess.run([*darkroom_command(), "keys", "create", "--name", "ops", "--admin"], env=env,
+                         capture_output=True, text=True, check=True).stdout)
     log = root / "stack.log"
     with log.open("wb") as out:
         process = subprocess.Popen([*darkroom_command(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT,

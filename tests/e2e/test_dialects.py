@@ -23,7 +23,7 @@ import webuiapi
 from PIL import Image
 
 from ops.broker import free_port
-from tests.e2e.conftest import Stack, darkroom_command
+from tests.e2e.conftest import Stack, created_token, darkroom_command
 from tests.support import wait_for_sync
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,8 @@ def dialect_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, ti
     env |= {"DARKROOM_DATA_DIR": str(data_dir), "DARKROOM_PORT": str(port), "DARKROOM_LOG_FORMAT": "json",
             "DARKROOM_CONFIG_PATH": str(root / "darkroom.toml"), "DARKROOM_SDAPI_AUTH": f"{USER}:{PASSWORD}",
             "DARKROOM_PREVIEW_EVERY": "1"}
-    key = subprocess.run([*darkroom_command(), "keys", "create", "--name", "ops", "--admin"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()[-1]
+    key = created_token(subprocess.run([*darkroom_command(), "keys", "create", "--name", "ops", "--admin"], env=env,
+                         capture_output=True, text=True, check=True).stdout)
     log = root / "stack.log"
     with log.open("wb") as out:
         process = subprocess.Popen([*darkroom_command(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT,

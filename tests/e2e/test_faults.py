@@ -27,7 +27,7 @@ from ops.broker import PrivateBroker, free_port
 from schemas.events import AnyEvent
 from schemas.jobs import ACTIVE_STATUSES, JobDocument
 from schemas.lifecycle import apply_event
-from tests.e2e.conftest import Stack, darkroom_command
+from tests.e2e.conftest import Stack, created_token, darkroom_command
 from tests.support import wait_for_sync
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -53,8 +53,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> I
         "DARKROOM_FAULT_INJECTION": "exit-on-prompt:POISON",
     }
     log = root / "stack.log"
-    key = subprocess.run([*darkroom_command(), "keys", "create", "--name", "faults", "--admin"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()[-1]
+    key = created_token(subprocess.run([*darkroom_command(), "keys", "create", "--name", "faults", "--admin"], env=env,
+                         capture_output=True, text=True, check=True).stdout)
     with log.open("wb") as out:
         process = subprocess.Popen([*darkroom_command(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
     stack = Stack(url=f"http://127.0.0.1:{port}", data_dir=data_dir, process=process, log=log, token=key)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import Stack, darkroom_command
+from tests.e2e.conftest import Stack, created_token, darkroom_command
 from tests.support import wait_for_sync
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -29,7 +29,7 @@ def make_key(stack: Stack, name: str, *flags: str) -> str:
     env["DARKROOM_DATA_DIR"] = str(stack.data_dir)
     out = subprocess.run([*darkroom_command(), "keys", "create", "--name", name, *flags], env=env,
                          capture_output=True, text=True, check=True).stdout
-    return out.split()[-1]
+    return created_token(out)
 
 
 def client_for(stack: Stack, token: str | None) -> httpx.Client:

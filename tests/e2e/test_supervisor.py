@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from ops.broker import PrivateBroker, free_port
-from tests.e2e.conftest import Stack, darkroom_command
+from tests.e2e.conftest import Stack, created_token, darkroom_command
 from tests.support import wait_for_sync
 
 
@@ -30,8 +30,8 @@ def _start(root: Path, services: str | None = None) -> Stack:
     }
     if services:
         env["DARKROOM_SERVICES"] = services
-    key = subprocess.run([*darkroom_command(), "keys", "create", "--name", "ops", "--admin"], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()[-1]
+    key = created_token(subprocess.run([*darkroom_command(), "keys", "create", "--name", "ops", "--admin"], env=env,
+                         capture_output=True, text=True, check=True).stdout)
     log = root / "stack.log"
     with log.open("wb") as out:
         process = subprocess.Popen([*darkroom_command(), "run"], env=env, stdout=out, stderr=subprocess.STDOUT,

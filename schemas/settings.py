@@ -100,6 +100,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dialect_anonymous: Literal["loopback", "off"] = "loopback"
     sdapi_auth: str = ""
     openai_models: str = ""
+    # The seed APIs' dialects, each switchable: CyberImage under /api (REST and its MCP endpoint)
+    # and the A1111 Discord bot's API under /a1111. `off`: their routes answer 404.
+    dialect_cyberimage: Literal["on", "off"] = "on"
+    dialect_a1111: Literal["on", "off"] = "on"
     # An OpenAI-compatible chat endpoint the enricher asks to rewrite styled prompts (overrides
     # darkroom.toml's [enrichment.llm] url and model); empty: style templates only.
     enrich_llm_url: str = ""

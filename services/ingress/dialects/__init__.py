@@ -5,6 +5,7 @@ under /a1111).
 Each translates its requests to domain commands, the results to its answers, and the domain's
 errors to its own error shape; nothing else. `common` holds who the caller is."""
 
+from services.ingress.dialects.a1111 import A1111BotRoutes
 from services.ingress.dialects.cyberimage import CyberImageRoutes
 from services.ingress.dialects.cyberimage_mcp import CyberImageMcpRoutes
 from services.ingress.dialects.openai import OpenAIRoutes
@@ -12,5 +13,6 @@ from services.ingress.dialects.sdapi import SdapiRoutes
 
 DIALECT_ROUTES = [OpenAIRoutes, SdapiRoutes]
 DIALECT_ROUTES += [CyberImageRoutes, CyberImageMcpRoutes]
+DIALECT_ROUTES += [A1111BotRoutes]
 
 __all__ = ["DIALECT_ROUTES"]

@@ -19,7 +19,7 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 
 SERVICES = ("recorder", "saver", "enricher", "models", "generator", "reaper", "notifier", "ingress")
 # The foreign APIs the ingress can speak (services/ingress/dialects), by their OpenAPI tag.
-DIALECTS = ("openai", "sdapi", "weights", "chutes", "cyberimage", "a1111")
+DIALECTS = ("openai", "sdapi", "weights", "chutes", "cyberimage", "a1111-bot")
 
 
 class SettingsError(ValueError):

@@ -34,7 +34,18 @@ from schemas.settings import Settings
 from services.ingress.app import create_app
 from tests.support import connect, drop_namespace
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+NOT_IMPLEMENTED = 501  # a dialect's documented "not supported by Darkroom" (ControlNet...): an answer, not a fault
+
+
+@schemathesis.check
+def no_server_error(ctx, response, case):
+    """schemathesis' not_a_server_error, except a 501 (status_code_conformance checks it is documented)."""
+    if response.status_code == NOT_IMPLEMENTED:
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
+CHECKS = [no_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 SENT: Counter[str] = Counter()
 STATUSES: Counter[int] = Counter()
@@ -131,4 +142,4 @@ def test_every_operation_answers_within_its_schema(live):
     print(f"\nschemathesis: {total} requests over {len(SENT)} operations; statuses {dict(sorted(STATUSES.items()))}")
     assert not failures, "\n\n".join(failures)
     assert total >= 1000, dict(SENT)
-    assert not any(code >= 500 for code in STATUSES), dict(STATUSES)
+    assert not any(code >= 500 and code != NOT_IMPLEMENTED for code in STATUSES), dict(STATUSES)

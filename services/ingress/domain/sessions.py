@@ -117,3 +117,42 @@ async def remove_lora(session_id: str, name: str, principal: Principal, *, layou
 
 async def clear_loras(session_id: str, principal: Principal, *, layout: DataLayout) -> Session:
     return await _change_loras(session_id, principal, layout, lambda _: [])
+
+
+async def open_session(session_id: str, principal: Principal, *, layout: DataLayout) -> Session:
+    """The session, created empty if there is none (for APIs where every user has a session)."""
+    _check_id(session_id)
+    store = sessions_store(layout)
+
+    def open_() -> Session:
+        with store.lock:
+            found = store.find(principal.owner, session_id)
+            if found is not None:
+                return found
+            now = utcnow()
+            session = Session(id=session_id, created_at=now, updated_at=now, owner=principal.owner)
+            store.put(principal.owner, session_id, session)
+            return session
+
+    return await asyncio.to_thread(open_)
+
+
+async def change_session(session_id: str, change, principal: Principal, *, layout: DataLayout,
+                         catalog: Catalog) -> Session:
+    """Apply `change` (SessionBody -> SessionBody) to a session's defaults in one read-modify-write,
+    checked as PUT checks them; NotFound if there is no such session."""
+    store = sessions_store(layout)
+
+    def apply() -> Session:
+        with store.lock:
+            session = store.get(principal.owner, session_id)
+            current = SessionBody(**{f: getattr(session, f) for f in SessionBody.__struct_fields__})
+            body = change(current)
+            loras = check_layer(body, layout=layout, catalog=catalog)
+            updated = Session(**{f: getattr(body, f) for f in SessionBody.__struct_fields__}, id=session_id,
+                              created_at=session.created_at, updated_at=utcnow(), owner=principal.owner)
+            updated = msgspec.structs.replace(updated, loras=loras)
+            store.put(principal.owner, session_id, updated)
+            return updated
+
+    return await asyncio.to_thread(apply)

@@ -13,7 +13,8 @@ COPY schemas ./schemas
 COPY services ./services
 COPY pipelines ./pipelines
 COPY ops ./ops
-RUN pip install .
+COPY clients/python ./clients/python
+RUN pip install ./clients/python .
 
 ENV DARKROOM_DATA_DIR=/data DARKROOM_LOG_FORMAT=json
 VOLUME /data

@@ -43,3 +43,8 @@ setup:
 # Regenerate the committed JSON Schema of the events
 schema: setup
     {{venv}}/bin/darkroom schema > schemas/events.schema.json
+
+# Regenerate the TypeScript client's types (clients/typescript/src/schema.d.ts) from a running
+# server's OpenAPI document; tests/e2e/test_clients.py fails when the committed file drifts
+ts-types url=env_var_or_default("DARKROOM_URL", "http://127.0.0.1:8000"):
+    cd clients/typescript && ([ -d node_modules ] || npm ci --no-audit --no-fund) && DARKROOM_URL={{url}} npm run --silent generate

@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
     schema.add_argument("--asyncapi", action="store_true", help="the AsyncAPI 3 document of the AMQP contract instead")
     schema.set_defaults(func=cmd_schema)
+    from ops.client_cli import add_client_commands  # generate, jobs, gallery, cancel, loras, quota, mcp
+
+    add_client_commands(sub)
     return parser
 
 

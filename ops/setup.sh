@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${DARKROOM_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 stamp="$VENV/.darkroom-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -d' ' -f1)"
 
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "Darkroom needs Python 3.11 or newer (found: $("$PYTHON" --version 2>&1))." >&2
@@ -24,6 +24,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==2.13.0"
   fi
+  # The client SDK first: the server depends on it (the CLI's client commands, the MCP tools).
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ./clients/python
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[test]"
   echo "$want" > "$stamp"
 fi

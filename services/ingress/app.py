@@ -29,6 +29,7 @@ from services.ingress.http import DarkroomRequest
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.limits import Limits
 from services.ingress.live import Live
+from services.ingress.mcp import HttpMount
 from services.ingress.routes import DEPENDENCIES, ROUTES
 from services.library import LoraLibrary
 from services.readside import ReadSide
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> Litestar:
     elif keys.count() == 0:
         log.warning("no API keys yet: create one with `darkroom keys create --name ... [--admin]`")
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    mcp = HttpMount(settings)  # MCP for AI assistants at /mcp
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -114,11 +116,11 @@ def create_app(settings: Settings) -> Litestar:
             await asyncio.to_thread(readside.close)
 
     return Litestar(
-        route_handlers=[*ROUTES, *enabled_routes(settings)],
+        route_handlers=[*ROUTES, *enabled_routes(settings), mcp.route],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=DarkroomRequest,
-        lifespan=[lifespan],
+        lifespan=[lifespan, mcp.lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,  # services.logs already routes everything through structlog

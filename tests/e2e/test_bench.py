@@ -15,7 +15,7 @@ def test_quick_bench_reports_every_case_with_its_baseline(amqp_url: str, tmp_pat
     env = {**os.environ, "DARKROOM_BENCH_AMQP_URL": amqp_url}
     run = subprocess.run(
         [*darkroom_command(), "bench", "--quick", "--results", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=240,
+        env=env, capture_output=True, text=True, timeout=480,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     [result] = tmp_path.glob("*-quick.json")

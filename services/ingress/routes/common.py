@@ -20,6 +20,7 @@ from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.limits import Limits
+from services.metrics import Meter
 from services.readside import ReadSide
 
 JSON = "application/json"
@@ -84,7 +85,7 @@ async def provide_viewer(request: Request, config: NamedDependency[Settings],
 
 DEPENDENCIES = {
     **{name: _from_state(name) for name in ("config", "catalog", "layout", "files", "keys", "limits",
-                                            "idempotency", "bus")},
+                                            "idempotency", "bus", "meter")},
     "readside": Provide(provide_readside, sync_to_thread=False),
     "readside_if_open": Provide(provide_readside_if_open, sync_to_thread=False),
     "principal": Provide(provide_principal),
@@ -102,3 +103,4 @@ CatalogDep = NamedDependency[Catalog]
 LayoutDep = NamedDependency[DataLayout]
 LimitsDep = NamedDependency[Limits]
 IdempotencyDep = NamedDependency[IdempotencyStore]
+MeterDep = NamedDependency[Meter]

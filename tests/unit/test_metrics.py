@@ -93,3 +93,17 @@ def test_events_out_of_order_or_twice_never_break_the_fold():
         meter.observe(event)
     found = samples(meter)
     assert all(value >= 0 for (name, _), value in found.items() if name.startswith("darkroom_stage_seconds_sum"))
+
+
+def test_the_grafana_dashboard_names_only_metrics_that_exist():
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[2] / "ops" / "grafana" / "darkroom.json").read_text())
+    named = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"darkroom_\w+", target["expr"])}
+    # Labelled series appear only once observed: compare family names (a counter's lacks `_total`).
+    families = {metric.name for metric in Meter().registry.collect()}
+    missing = {n for n in named if n not in families and re.sub(r"_(bucket|sum|count|total)$", "", n) not in families}
+    assert named and not missing, missing

@@ -160,6 +160,7 @@ $("#job-form").addEventListener("submit", async (event) => {
     return;
   }
   $("#submit").disabled = true;
+  status.textContent = "Submitting…";
   try {
     const request = jobRequest();
     const created = await apiJson("/v1/jobs", { method: "POST", json: request });
@@ -269,7 +270,7 @@ const jobs = new Map();
 function addJob(summary, first = false) {
   if (jobs.has(summary.id)) return jobs.get(summary.id);
   const progress = el("progress", { max: "1", value: "0", "aria-label": "progress" });
-  const preview = el("img", { class: "thumb", alt: "latest preview" });
+  const preview = el("img", { class: "thumb", alt: "" });  // described once it shows something
   const phase = el("span", { class: "phase", text: summary.status });
   const images = el("div", { class: "images" });
   const cancel = el("button", { type: "button", class: "danger cancel", text: "Cancel",
@@ -297,18 +298,26 @@ function setStatus(job, status, phaseText) {
   $("#queue-count").textContent = String([...jobs.values()].filter((j) => !ENDED.has(j.status)).length);
 }
 
-function addImage(job, imageId) {
+function addImage(job, imageId, fresh = true) {
   if (job.imageIds.has(imageId)) return;
   job.imageIds.add(imageId);
   const img = el("img", { alt: `image ${job.imageIds.size}`, "data-image": imageId });
   job.images.append(img);
   showImage(img, `/v1/images/${imageId}`);
+  if (!job.preview.src) {
+    job.preview.alt = "first image";
+    showImage(job.preview, `/v1/images/${imageId}`);
+  }
+  if (!fresh) return;
+  gallery.recent.set(imageId, Date.now());
   gallery.stale = true;
+  if (!$("#gallery-view").hidden) refreshGallerySoon();
 }
 
 async function refreshPreview(job) {
   if (job.previewLoading) return;
   job.previewLoading = true;
+  job.preview.alt = "latest preview";
   try { await showImage(job.preview, `/v1/jobs/${job.id}/preview`); } finally { job.previewLoading = false; }
 }
 
@@ -428,13 +437,25 @@ async function loadJobs() {
   const list = await apiJson("/v1/jobs?limit=20");
   for (const summary of list.jobs) {
     if (keyId() !== null && summary.owner && summary.owner !== keyId()) continue;
-    addJob(summary);
+    const job = addJob(summary);
+    if (summary.status === "completed") {
+      apiJson(summary.status_url).then((doc) => { for (const image of doc.images) addImage(job, image.id, false); })
+        .catch(() => {});
+    }
   }
 }
 
 // -- the gallery ------------------------------------------------------------------------------------
 
-const gallery = { cursor: null, done: false, loading: false, stale: false, generation: 0 };
+// `recent`: images this page saw saved; the gallery (the projection, a moment behind the event)
+// is read again until the newest of them show up.
+const gallery = { cursor: null, done: false, loading: false, stale: false, generation: 0, recent: new Map(),
+  retry: null };
+
+function refreshGallerySoon() {
+  clearTimeout(gallery.retry);
+  gallery.retry = setTimeout(() => { if (!$("#gallery-view").hidden) resetGallery(); }, 1000);
+}
 
 function resetGallery() {
   gallery.cursor = null;
@@ -457,6 +478,11 @@ async function loadGallery() {
     const page = await apiJson(`/v1/gallery?${params}`);
     if (generation !== gallery.generation) return;
     for (const image of page.images) $("#gallery").append(galleryTile(image));
+    if (!gallery.cursor && !params.has("search") && !params.has("model")) {
+      const shown = new Set(page.images.map((image) => image.id));
+      const missing = [...gallery.recent].some(([id, seen]) => !shown.has(id) && Date.now() - seen < 30000);
+      if (missing) refreshGallerySoon();
+    }
     gallery.cursor = page.next_cursor;
     gallery.done = !page.next_cursor || !page.has_more;
     $("#gallery-status").textContent = page.total === 0 ? "No images." : `${$("#gallery").children.length} of ${page.total}`;
@@ -535,6 +561,7 @@ $("#detail-delete").addEventListener("click", async () => {
   try {
     await apiJson(`/v1/images/${imageId}`, { method: "DELETE" });
     document.querySelector(`#gallery [data-image="${CSS.escape(imageId)}"]`)?.remove();
+    gallery.recent.delete(imageId);
     $("#detail").close();
     $("#gallery-status").textContent = "Image deleted.";
   } catch (error) {

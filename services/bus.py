@@ -284,6 +284,23 @@ class Bus:
         finally:
             await channel.close()
 
+    async def queue_depths(self, queues: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """(messages ready, consumers) of each queue that exists (for metrics); one channel for all,
+        a new one after a queue that does not exist (the broker closes the channel on that)."""
+        found: dict[str, tuple[int, int]] = {}
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            for name in queues:
+                try:
+                    result = (await channel.declare_queue(name, passive=True)).declaration_result
+                    found[name] = (result.message_count, result.consumer_count)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    channel = await self.connection.channel(publisher_confirms=False)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        return found
+
     async def request(self, command: Command, timeout: float = 10.0) -> bytes:
         """Send a command and wait for its answer (RabbitMQ's direct reply-to); raises TimeoutError."""
         channel = await self.connection.channel(publisher_confirms=False)

@@ -12,7 +12,6 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from schemas.settings import Settings
@@ -30,8 +29,11 @@ from services.ingress.idempotency import IdempotencyStore
 from services.ingress.limits import Limits
 from services.ingress.live import Live
 from services.ingress.mcp import HttpMount
+from services.ingress.metering import request_recorder, timing_middleware
 from services.ingress.routes import DEPENDENCIES, ROUTES
+from services.ingress.web import WEB_ROUTES, docs_plugin
 from services.library import LoraLibrary
+from services.metrics import Meter
 from services.readside import ReadSide
 
 log = structlog.get_logger("ingress")
@@ -64,6 +66,7 @@ def create_app(settings: Settings) -> Litestar:
     link = BusLink()
     keys = KeyStore(layout.state_dir)
     files = JobFiles(layout)
+    meter = Meter()
     state = State({
         "config": settings,
         "catalog": runtime.LiveCatalog(settings),  # routes get its current Catalog (routes.common)
@@ -77,6 +80,7 @@ def create_app(settings: Settings) -> Litestar:
         "library": LoraLibrary(layout.loras_dir, layout.state_dir / "loras" / "index.json"),
         "live": None,  # live events for SSE and WebSocket, once the lifespan started following them
         "asyncapi": asyncapi_json(),
+        "meter": meter,
     })
     # Documents staged by an ingress that was killed mid-request: their jobs were never accepted.
     sweep_temp_files([layout.staging_dir])
@@ -95,10 +99,9 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         connecting = asyncio.create_task(keep_connected(link, settings))
         readside = app.state.readside = ReadSide(settings, layout)
+        live = app.state.live = Live(layout, observe=meter.observe)
         background = [connecting, asyncio.create_task(readside.follow()),
-                      asyncio.create_task(app.state.library.follow())]
-        live = app.state.live = Live(layout)
-        background = [connecting, asyncio.create_task(readside.follow()),
+                      asyncio.create_task(app.state.library.follow()),
                       asyncio.create_task(live.follow_bus(lambda: link.bus))]
         if settings.image_ttl > 0:
             log.info("retention janitor on", image_ttl_seconds=settings.image_ttl)
@@ -116,10 +119,12 @@ def create_app(settings: Settings) -> Litestar:
             await asyncio.to_thread(readside.close)
 
     return Litestar(
-        route_handlers=[*ROUTES, *enabled_routes(settings), mcp.route],
+        route_handlers=[*ROUTES, *enabled_routes(settings), mcp.route, *WEB_ROUTES],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=DarkroomRequest,
+        middleware=[timing_middleware],
+        before_send=[request_recorder(meter)],
         lifespan=[lifespan, mcp.lifespan],
         state=state,
         request_max_body_size=settings.max_body_bytes,
@@ -135,7 +140,7 @@ def create_app(settings: Settings) -> Litestar:
                 "`{\"status\": \"error\", \"message\": ...}`; the message names what was wrong."
             ),
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(path="/docs")],
+            render_plugins=[docs_plugin()],
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer", description="drk_<id>_<secret>"),
                 "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),

@@ -114,8 +114,9 @@ class Follower:
 class Live:
     """The process's one subscription and its followers."""
 
-    def __init__(self, layout: DataLayout):
+    def __init__(self, layout: DataLayout, observe: Callable[[Event], None] | None = None):
         self.layout = layout
+        self.observe = observe  # what else each event is shown to (the metrics)
         self.recent: deque[StreamEvent] = deque(maxlen=RECENT)
         self._by_job: dict[str, set[Follower]] = {}
         self._broad: set[Follower] = set()
@@ -177,6 +178,11 @@ class Live:
         """Hand one event from the broker to every follower it matches."""
         if isinstance(event, JobAccepted):
             self._remember(event.job_id, event.spec.owner)
+        if self.observe is not None:
+            try:
+                self.observe(event)
+            except Exception:  # metrics must never stop live streams
+                log.exception("metrics could not fold an event", type=type(event).__name__)
         self.deliver(stream_form(event))
 
     def deliver(self, item: StreamEvent) -> None:

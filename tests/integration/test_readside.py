@@ -124,7 +124,7 @@ async def test_ops_query_runs_select_only_and_health_shows_the_lag(logged):
     health = (await client.get("/health")).json()
     assert health["projection"]["pending_bytes"] == 0 and health["projection"]["lag_seconds"] == 0
     metrics = (await client.get("/metrics")).text
-    assert f'darkroom_jobs{{status="completed"}} {truth["counts"]["completed"]}' in metrics
+    assert f'darkroom_jobs{{status="completed"}} {float(truth["counts"]["completed"])}' in metrics
 
 
 async def saved_job(bus, tap, job: str) -> JobCompleted:

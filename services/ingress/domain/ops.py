@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
@@ -22,10 +21,12 @@ from schemas.api import (
     RebuildAnswer,
 )
 from schemas.layout import DataLayout
+from schemas.topology import STAGE_BINDINGS
 from services.files import write_atomic
 from services.ingress.auth import Principal
 from services.ingress.domain.errors import Invalid, Unavailable
 from services.ingress.domain.links import BusLink
+from services.metrics import Meter
 from services.readside import Busy, NotReadOnly, QueryFailed, ReadSide, Scope, queries
 
 EVERYONE = Scope(everyone=True)
@@ -71,19 +72,31 @@ async def projection_status(readside: ReadSide) -> ProjectionStatus:
     return msgspec.convert(await asyncio.to_thread(readside.status), ProjectionStatus)
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """What GET /metrics reports: the projection's state and jobs by status (every tenant's)."""
-
-    projection: ProjectionStatus
-    jobs: dict[str, int]
-
-
-async def metrics(principal: Principal, *, readside: ReadSide) -> Metrics:
+async def metrics(principal: Principal, *, meter: Meter, readside: ReadSide, bus: BusLink) -> bytes:
+    """The Prometheus text of `meter`, after reading what no event says: jobs by status and the
+    projection's lag (the read side), each stage's queue depth and the dead letters (the broker)."""
     principal.require_admin()
     projection = await projection_status(readside)
     stats = await readside.query(queries.queue_stats, EVERYONE)
-    return Metrics(projection=projection, jobs={name: stats[name] for name in queries.COUNTED})
+    for name in queries.COUNTED:
+        meter.jobs.labels(name).set(stats[name])
+    meter.projection_lag.set(projection.lag_seconds)
+    meter.projection_pending.set(projection.pending_bytes)
+    meter.projection_events.set(projection.events_applied)
+    if bus.connected:
+        topology = bus.require().topology
+        queues = {topology.queue(stage): stage for stage in STAGE_BINDINGS}
+        try:
+            depths = await bus.require().queue_depths([*queues, topology.dead_letters])
+        except Exception:  # noqa: BLE001 - a failed probe leaves the last numbers; the rest still answer
+            depths = {}
+        for queue, (messages, consumers) in depths.items():
+            if queue == topology.dead_letters:
+                meter.dead_letters.set(messages)
+            else:
+                meter.queue_messages.labels(queues[queue]).set(messages)
+                meter.queue_consumers.labels(queues[queue]).set(consumers)
+    return meter.exposition()
 
 
 async def ops_stats(principal: Principal, *, readside: ReadSide) -> OpsStats:

@@ -20,6 +20,7 @@ from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.idempotency import IdempotencyStore
 from services.ingress.limits import Limits
+from services.metrics import Meter
 from services.readside import ReadSide
 
 JSON = "application/json"
@@ -88,7 +89,8 @@ async def provide_viewer(request: Request, config: NamedDependency[Settings],
 
 
 DEPENDENCIES = {
-    **{name: _from_state(name) for name in ("config", "layout", "files", "keys", "limits", "idempotency", "bus")},
+    **{name: _from_state(name) for name in ("config", "layout", "files", "keys", "limits", "idempotency", "bus",
+                                            "meter")},
     "catalog": Provide(provide_catalog, sync_to_thread=False),
     "readside": Provide(provide_readside, sync_to_thread=False),
     "readside_if_open": Provide(provide_readside_if_open, sync_to_thread=False),
@@ -107,3 +109,4 @@ CatalogDep = NamedDependency[Catalog]
 LayoutDep = NamedDependency[DataLayout]
 LimitsDep = NamedDependency[Limits]
 IdempotencyDep = NamedDependency[IdempotencyStore]
+MeterDep = NamedDependency[Meter]

@@ -12,12 +12,13 @@ from services.ingress.routes.common import (
     BusDep,
     Caller,
     LayoutDep,
+    MeterDep,
     ReadSideDep,
     ReadSideIfOpenDep,
     Viewer,
     errors,
 )
-from services.readside.queries import COUNTED
+from services.metrics import CONTENT_TYPE
 
 
 class ServiceRoutes(Controller):
@@ -34,33 +35,14 @@ class ServiceRoutes(Controller):
                                 detailed=viewer is not None and viewer.admin)
         return Response(body, status_code=503 if body.status == "unavailable" else 200)
 
-    @get("/metrics", summary="Prometheus metrics (admin)", media_type="text/plain; version=0.0.4",
-         responses=errors(403, 503))
-    async def metrics(self, principal: Caller, readside: ReadSideDep) -> str:
-        """Projection lag and position, and jobs by status, in the Prometheus text format."""
-        return prometheus(await ops.metrics(principal, readside=readside))
+    @get("/metrics", summary="Prometheus metrics (admin)", media_type=CONTENT_TYPE, responses=errors(403, 503))
+    async def metrics(self, principal: Caller, readside: ReadSideDep, bus: BusDep, meter: MeterDep) -> Response[bytes]:
+        """Stage latencies, jobs by status and model, queue depths and dead letters, generator busy
+        time and batch sizes, model loads and cache hits, projection lag, HTTP requests by route
+        and code, in the Prometheus text format (see docs/metrics.md)."""
+        return Response(await ops.metrics(principal, meter=meter, readside=readside, bus=bus), media_type=CONTENT_TYPE)
 
     @get("/docs", include_in_schema=False)
     async def docs(self) -> Redirect:
         """The interactive API docs live next to the OpenAPI schema."""
         return Redirect(path="/schema/docs")
-
-
-def prometheus(found: ops.Metrics) -> str:
-    """The Prometheus text format of the metrics."""
-    projection = found.projection
-    lines = [
-        "# HELP darkroom_projection_lag_seconds How long the oldest unapplied part of the event log has waited.",
-        "# TYPE darkroom_projection_lag_seconds gauge",
-        f"darkroom_projection_lag_seconds {projection.lag_seconds}",
-        "# HELP darkroom_projection_pending_bytes Bytes of the event log not applied yet.",
-        "# TYPE darkroom_projection_pending_bytes gauge",
-        f"darkroom_projection_pending_bytes {projection.pending_bytes}",
-        "# HELP darkroom_projection_events_total Events applied to the projection.",
-        "# TYPE darkroom_projection_events_total counter",
-        f"darkroom_projection_events_total {projection.events_applied}",
-        "# HELP darkroom_jobs Jobs by status.",
-        "# TYPE darkroom_jobs gauge",
-        *(f'darkroom_jobs{{status="{name}"}} {found.jobs[name]}' for name in COUNTED),
-    ]
-    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from ops.bench import cases, readside
+from ops.bench import cases, device, readside
 from ops.bench.harness import Case, Context, Measurement, Report, commit_id, machine_info, table
 from ops.broker import PrivateBroker
 
@@ -25,11 +25,15 @@ CASES: dict[str, Case] = {
     "ingress": cases.ingress,
     "broker": cases.broker,
     "readside": readside.readside,
+    "throughput": device.throughput,
 }
-DEFAULT_CASES = tuple(CASES)
+# `throughput` compares batch sizes 1, 4 and 8 on the chosen model and device (`--device cuda
+# --model sd15-random` on a GPU); `darkroom bench throughput` runs it on the tiny model anywhere.
+DEFAULT_CASES = tuple(name for name in CASES if name != "throughput")
 
 
-async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None) -> Path:
+async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None,
+                    device_name: str = "cpu", model: str = "tiny") -> Path:
     unknown = [name for name in names if name not in CASES]
     if unknown:
         raise SystemExit(f"unknown bench case(s) {unknown}; valid: {', '.join(CASES)}")
@@ -44,6 +48,8 @@ async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_ur
 
     tiny = await asyncio.to_thread(build_tiny_model, work / "tiny-sd")
     ctx = Context(work, amqp_url, tiny, quick)
+    if model != "tiny" or device_name != "cpu":
+        await asyncio.to_thread(device.choose, ctx, device_name, model)
     measurements: list[Measurement] = []
     failures: dict[str, str] = {}
     try:

@@ -73,7 +73,16 @@ def compile_wanted(setting: str, device: torch.device) -> bool:
 def use_compile_cache(folder: Path) -> None:
     """Keep inductor's and Triton's caches under the data directory, so a restart reuses them."""
     folder.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+    # Importing diffusers already makes inductor fill in its default (/tmp/torchinductor_<user>);
+    # only a folder the operator chose is kept.
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        inductor_default = default_cache_dir()
+    except ImportError:
+        inductor_default = None
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, inductor_default):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor")
     os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
 

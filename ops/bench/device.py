@@ -118,6 +118,35 @@ async def throughput(ctx: Context) -> list[Measurement]:
     return measurements
 
 
+async def overlap(ctx: Context) -> list[Measurement]:
+    """The generator's worker on its own (ops/bench/overlap.py), DARKROOM_OVERLAP on vs off, and
+    on with the VAE decode in the second thread too: modes take turns, round after round."""
+    import json
+    import sys
+
+    size, steps = ctx.job.get("width", 64), ctx.job.get("num_inference_steps", 4)
+    jobs, rounds = (16, 3) if ctx.quick else (32, 8)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ops.bench.overlap", str(ctx.bare_model), "--device", ctx.device,
+        "--jobs", str(jobs), "--rounds", str(rounds), "--size", str(size), "--steps", str(steps),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    if process.returncode:
+        raise RuntimeError(f"ops.bench.overlap exited with {process.returncode}")
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    medians = result["median_images_per_s"]
+    return [
+        Measurement(
+            case="overlap", metric=f"generator alone, {jobs} jobs x {rounds} rounds, overlap {mode} vs off",
+            unit="images/s", darkroom=medians[mode], baseline=medians["off"], better="higher",
+            ratio=result["paired_ratio_to_off"][mode],
+            details={"device": ctx.device, "size": size, "steps": steps, "rounds": result["images_per_s"]},
+        )
+        for mode in ("on", "on-split-decode")
+    ]
+
+
 async def _burst(ctx: Context, stack, follower: Follower, jobs: int, first_seed: int) -> float:
     import time
 

@@ -26,10 +26,12 @@ CASES: dict[str, Case] = {
     "broker": cases.broker,
     "readside": readside.readside,
     "throughput": device.throughput,
+    "overlap": device.overlap,
 }
 # `throughput` compares batch sizes 1, 4 and 8 on the chosen model and device (`--device cuda
-# --model sd15-random` on a GPU); `darkroom bench throughput` runs it on the tiny model anywhere.
-DEFAULT_CASES = tuple(name for name in CASES if name != "throughput")
+# --model sd15-random` on a GPU) and `overlap` the generator alone with DARKROOM_OVERLAP on and
+# off; both run on the tiny model on the CPU by default, and only when named.
+DEFAULT_CASES = tuple(name for name in CASES if name not in ("throughput", "overlap"))
 
 
 async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None,

@@ -38,6 +38,14 @@ class Engine:
     warm: LoadedModel | None
 
 
+def split_decode(settings: Settings, device_type: str) -> bool:
+    """Whether the VAE decode leaves the pipeline thread with the PNG encoding. On CUDA it runs on
+    a side stream, so the next batch's UNet is queued at once. Not on a CPU: the decoder's Python
+    then fights the UNet's for the GIL (measured: 1.03x generator throughput, against 1.16-1.25x
+    when only PNG encoding and publishing move)."""
+    return settings.overlap == "on" and device_type == "cuda"
+
+
 def start(settings: Settings, catalog: Catalog, *, lora_folder: Path, compile_cache: Path, fault: FaultHook) -> Engine:
     """Load and warm the default model (in a thread: it imports torch and runs the pipeline)."""
     from pipelines.loader import ModelCache, configure_threads, resolve_device
@@ -54,7 +62,7 @@ def start(settings: Settings, catalog: Catalog, *, lora_folder: Path, compile_ca
     render = Renderer(
         lora_folder=lora_folder, capacity=capacity,
         progress=ProgressSettings(rate=settings.progress_rate, preview_every=settings.preview_every),
-        fault=fault, split_decode=settings.overlap == "on",
+        fault=fault, split_decode=split_decode(settings, device.type),
     )
     ensure_tiny_model(Path(catalog.models[TINY_MODEL_ID].source))
     default = catalog.model(None)

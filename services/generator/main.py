@@ -59,14 +59,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
              topology.JOB_COMPLETED, topology.JOB_FAILED, topology.JOB_CANCELLED],
             partial(follow_job, worker=worker), name="generator-follow",
         )
-        # Prefetch two batches: a full next batch waits here while one runs. Commands a worker
-        # holds when it dies go back with their delivery count up by one (4 deliveries allowed).
+        # Prefetch a full next batch besides the one generating (and, overlapped, the one
+        # finishing). Commands a worker holds when it dies go back with their delivery count up by
+        # one (4 deliveries allowed).
         await bus.consume(
             STAGE,
             generate,
             decoder=command_decoder,
             on_failure=partial(fail_job, worker=worker),
-            prefetch=2 * ready.capacity,
+            prefetch=(3 if options.overlap else 2) * ready.capacity,
         )
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, batching, beating}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,5 +1,7 @@
-"""The synchronous render path, run in the pipeline thread: a batch of commands -> pipeline
-calls (with their step callbacks) -> each job's images encoded as PNGs.
+"""The synchronous render path: a batch of commands -> pipeline calls (with their step
+callbacks), in the pipeline thread (`Renderer.__call__`) -> each job's images decoded where the
+call left latents and encoded as PNGs (`Renderer.finish`, in the worker's second thread while
+the next batch generates; or right after, in the pipeline thread, with DARKROOM_OVERLAP=off).
 
 Nothing here touches the bus or the event loop; progress goes through the `StepWatch` the worker
 passes in.

@@ -71,7 +71,7 @@ def _cleanup_until(client: httpx.Client, task_id: str, headers: dict[str, str] |
 def test_the_bruno_collection_runs_green_and_its_task_completes(stack: Stack, chutes: httpx.Client,
                                                                tmp_path: Path) -> None:
     if shutil.which("bru") is None:
-        pytest.skip("Bruno's CLI is not installed: npm install -g @usebruno/cli@4 (.ci/run does)")
+        pytest.fail("Bruno's CLI is not installed: npm install -g @usebruno/cli@4 (.ci/run does)")
     report = tmp_path / "bru.json"
     run = subprocess.run(["bru", "run", "--env", "Local", "--env-var", f"baseUrl={stack.url}/chutes",
                           "--reporter-json", str(report)], cwd=COLLECTION, capture_output=True, text=True,

@@ -143,6 +143,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/models/pulls/{pull_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** How a pull is going (admin) */
+        get: operations["V1ModelsPullsPullIdGetPull"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/models": {
         parameters: {
             query?: never;
@@ -171,6 +188,23 @@ export interface paths {
         get: operations["V1SamplersListSamplers"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/models/pulls": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Pull a model or LoRA while running (admin) */
+        post: operations["V1ModelsPullsPullModel"];
         delete?: never;
         options?: never;
         head?: never;
@@ -881,10 +915,799 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/weights/addLora": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Add a LoRA to a space (weights.gg, older API) */
+        get: operations["WeightsAddloraAddLora"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/allocateSpace": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Allocate a space: a new session (weights.gg, older API) */
+        get: operations["WeightsAllocatespaceAllocateSpace"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/generateImage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Queue an image (weights.gg) */
+        get: operations["WeightsGenerateimageGenerateImage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/generateImageJob": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Queue an image in a space (weights.gg, older API) */
+        get: operations["WeightsGenerateimagejobGenerateImageJob"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Is the server up (weights.gg): {"status": "OK"}; needs no key */
+        get: operations["WeightsHealthHealth"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/{image_file}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The image (JPEG): the latest preview while it runs; no key needed */
+        get: operations["WeightsImageFileImage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/quota": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's quota (weights.gg) */
+        get: operations["WeightsQuotaQuota"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/removeLora": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Remove the LoRAs of a space (weights.gg, older API) */
+        get: operations["WeightsRemoveloraRemoveLora"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/search-loras": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Search the LoRA library (weights.gg) */
+        get: operations["WeightsSearchLorasSearchLoras"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/weights/status/{image_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Status of an image (weights.gg) */
+        get: operations["WeightsStatusImageIdStatus"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/cleanup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Fail the caller's tasks stuck longer than timeoutMinutes */
+        post: operations["ChutesCleanupCleanup"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/generate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Queue an image (Chutes proxy) */
+        post: operations["ChutesGenerateGenerate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/edit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Not built: editing, video and analysis (Chutes proxy) */
+        post: operations["ChutesEditNotBuilt"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/generate-video": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Not built: editing, video and analysis (Chutes proxy) */
+        post: operations["ChutesGenerateVideoNotBuilt"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/analyze-image": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Not built: editing, video and analysis (Chutes proxy) */
+        post: operations["ChutesAnalyzeImageNotBuilt"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/status/{task_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One task (Chutes proxy) */
+        get: operations["ChutesStatusTaskIdTask"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/status": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's tasks, newest first, optionally of one status (Chutes proxy) */
+        get: operations["ChutesStatusTasks"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/image/{image_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Delete an image (CyberImage) */
+        delete: operations["ApiImageImageIdDeleteImage"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/enrich": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Apply a style to a prompt (CyberImage) */
+        post: operations["ApiEnrichEnrich"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/gallery": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Images, newest first (CyberImage) */
+        get: operations["ApiGalleryGallery"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/generate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Queue a generation (CyberImage) */
+        post: operations["ApiGenerateGenerate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/get_image/{image_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Download an image (CyberImage) */
+        get: operations["ApiGetImageImageIdGetImage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/image/{image_id}/metadata": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** How an image was made (CyberImage) */
+        get: operations["ApiImageImageIdMetadataMetadata"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Models (CyberImage) */
+        get: operations["ApiModelsModels"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/queue": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Queue statistics (CyberImage) */
+        get: operations["ApiQueueQueue"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/reset_queue": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Requeue stalled jobs (CyberImage; admin key) */
+        post: operations["ApiResetQueueResetQueue"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/status/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A job's status (CyberImage) */
+        get: operations["ApiStatusJobIdStatus"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/mcp": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** MCP: context.image_generation.models|generate|status (JSON-RPC 2.0) */
+        post: operations["ApiMcpMcp"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/sessions/{user_id}/loras": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Add a LoRA to a user's session (A1111 bot) */
+        post: operations["A1111SessionsUserIdLorasAddLora"];
+        /** Clear a user's LoRAs (A1111 bot) */
+        delete: operations["A1111SessionsUserIdLorasClearLoras"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/generate/controlnet": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** ControlNet: not supported (501) */
+        post: operations["A1111GenerateControlnetControlnet"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/controlnet/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** ControlNet models: not supported (501) */
+        get: operations["A1111ControlnetModelsControlnetModels"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/controlnet/preprocess": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** ControlNet preprocessing: not supported (501) */
+        post: operations["A1111ControlnetPreprocessControlnetPreprocess"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/presets/{user_id}/{preset_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Delete a preset (A1111 bot) */
+        delete: operations["A1111PresetsUserIdPresetIdDeletePreset"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/sessions/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A user's session (A1111 bot) */
+        get: operations["A1111SessionsUserIdGetSession"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Darkroom's health as the bot reads A1111's (A1111 bot) */
+        get: operations["A1111HealthHealth"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/generate/img2img": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Queue an image-to-image job (A1111 bot; multipart) */
+        post: operations["A1111GenerateImg2ImgImg2Img"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/jobs/{job_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A job's status and progress 0-1 (A1111 bot) */
+        get: operations["A1111JobsJobIdJob"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/presets/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A user's presets (A1111 bot) */
+        get: operations["A1111PresetsUserIdListPresets"];
+        put?: never;
+        /** Save a preset (A1111 bot) */
+        post: operations["A1111PresetsUserIdSavePreset"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/loras": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Search LoRAs (A1111 bot) */
+        get: operations["A1111LorasLoras"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Checkpoints, VAEs, samplers, upscalers (A1111 bot) */
+        get: operations["A1111ModelsModels"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/generate/regional": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Regional prompting: not supported (501) */
+        post: operations["A1111GenerateRegionalRegional"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/sessions/{user_id}/loras/{filename}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove a LoRA from a user's session (A1111 bot) */
+        delete: operations["A1111SessionsUserIdLorasFilenameRemoveLora"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/jobs/{job_id}/result": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A finished job's images, base64 PNG (A1111 bot) */
+        get: operations["A1111JobsJobIdResultResult"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/loras/scan": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Rescan the LoRA folder (A1111 bot) */
+        post: operations["A1111LorasScanScanLoras"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/generate/txt2img": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Queue a text-to-image job (A1111 bot) */
+        post: operations["A1111GenerateTxt2ImgTxt2Img"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/a1111/sessions/{user_id}/settings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Merge custom_settings into a user's session (A1111 bot's update_custom_settings) */
+        post: operations["A1111SessionsUserIdSettingsUpdateSettings"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AddLora */
+        AddLora: {
+            filename: string;
+            weight: number;
+        };
         /** Applied */
         Applied: {
             session?: string | null;
@@ -892,6 +1715,25 @@ export interface components {
             fields?: {
                 [key: string]: string;
             };
+        };
+        /** Cleaned */
+        Cleaned: {
+            message: string;
+            cleanedCount: number;
+            cleanedIds: string[];
+        };
+        /** CleanupBody */
+        CleanupBody: {
+            /** @default 30 */
+            timeoutMinutes?: number;
+        };
+        /** Counts */
+        Counts: {
+            pending: number;
+            processing: number;
+            completed: number;
+            failed: number;
+            total: number;
         };
         /** EditForm */
         EditForm: {
@@ -905,6 +1747,27 @@ export interface components {
             quality?: string | null;
             response_format?: string | null;
             user?: string | null;
+        };
+        /** EnrichAnswer */
+        EnrichAnswer: {
+            original_prompt: string;
+            enriched_prompt: string;
+            style: string;
+        };
+        /** EnrichBody */
+        EnrichBody: {
+            prompt?: string | null;
+            style?: string | null;
+        };
+        /**
+         * EnrichError
+         * @example {
+         *       "error": "UHSQKWNxguFbFvydeHoi"
+         *     }
+         */
+        EnrichError: {
+            /** @example UEWjPmuAvAedLooKNBQs */
+            error: string;
         };
         /** EnrichRequest */
         EnrichRequest: {
@@ -960,6 +1823,14 @@ export interface components {
             total: number;
             next_cursor: string | null;
         };
+        /** GalleryAnswer */
+        GalleryAnswer: {
+            images: components["schemas"]["GalleryItem"][];
+            page: number;
+            limit: number;
+            has_more: boolean;
+            total: number;
+        };
         /** GalleryImage */
         GalleryImage: {
             id: string;
@@ -975,6 +1846,25 @@ export interface components {
             /** Format: date-time */
             created_at: string;
             url: string;
+        };
+        /** GalleryItem */
+        GalleryItem: {
+            id: string;
+            model_id: string;
+            prompt: string;
+            /** Format: date-time */
+            created_at: string;
+            settings: {
+                [key: string]: unknown;
+            };
+            url: string;
+        };
+        /** GenerateAnswer */
+        GenerateAnswer: {
+            job_id: string;
+            status: string;
+            num_images: number;
+            message: string;
         };
         /** GenerateRequest */
         GenerateRequest: {
@@ -994,13 +1884,44 @@ export interface components {
             partial_images?: number | null;
             stream?: boolean | null;
         };
-        /** GenerationAnswer */
-        GenerationAnswer: {
-            images: string[];
-            parameters: {
-                [key: string]: unknown;
-            };
-            info: string;
+        /** GenerateSettings */
+        GenerateSettings: {
+            num_images?: number | null;
+            num_inference_steps?: number | null;
+            guidance_scale?: number | null;
+            height?: number | null;
+            width?: number | null;
+            max_sequence_length?: number | null;
+            seed?: number | null;
+        };
+        /** Generated */
+        Generated: {
+            success: boolean;
+            imageId: string;
+            imageUrl: string;
+            statusUrl: string;
+            spaceId?: string | null;
+        };
+        /** GenerationBody */
+        GenerationBody: {
+            user_id: string;
+            prompt: string;
+            negative_prompt?: string | null;
+            checkpoint?: string | null;
+            vae?: string | null;
+            sampler_name?: string | null;
+            steps?: number | null;
+            cfg_scale?: number | null;
+            width?: number | null;
+            height?: number | null;
+            batch_count?: number | null;
+            batch_size?: number | null;
+            seed?: number | null;
+            enable_hr?: boolean | null;
+            hr_scale?: number | null;
+            hr_upscaler?: string | null;
+            hr_second_pass_steps?: number | null;
+            denoising_strength?: number | null;
         };
         /** GenerationSettings */
         GenerationSettings: {
@@ -1016,13 +1937,13 @@ export interface components {
             strength?: number | null;
             hires?: components["schemas"]["HiresSettings"] | null;
         };
-        /** Health */
-        Health: {
+        /** HealthAnswer */
+        HealthAnswer: {
             status: string;
-            broker?: string | null;
-            data_dir?: string | null;
-            generators?: number | null;
-            projection?: components["schemas"]["ProjectionStatus"] | null;
+            a1111_status: {
+                [key: string]: unknown;
+            };
+            timestamp: string;
         };
         /** HiresSettings */
         HiresSettings: {
@@ -1043,6 +1964,17 @@ export interface components {
             status: string;
             id: string;
             message: string;
+        };
+        /** ImageMeta */
+        ImageMeta: {
+            model_id: string;
+            prompt: string;
+            negative_prompt: string | null;
+            settings: components["schemas"]["ImageSettings"];
+            generation_time: number;
+            image_number: number;
+            total_images: number;
+            seed: number;
         };
         /** ImageMetadata */
         ImageMetadata: {
@@ -1067,6 +1999,23 @@ export interface components {
             height: number;
             size_bytes: number;
             metadata: components["schemas"]["ImageMetadata"];
+        };
+        /** ImageSettings */
+        ImageSettings: {
+            num_inference_steps: number;
+            guidance_scale: number;
+            height: number;
+            width: number;
+            seed?: number | null;
+        };
+        /** ImageStatus */
+        ImageStatus: {
+            status: string;
+            prompt: string;
+            startTime: number;
+            lastModifiedDate: number;
+            error?: string | null;
+            spaceId?: string | null;
         };
         /** ImagesResponse */
         ImagesResponse: {
@@ -1165,6 +2114,30 @@ export interface components {
             /** @default false */
             include_init_images?: boolean;
         };
+        /** Img2ImgForm */
+        Img2ImgForm: {
+            /** Format: binary */
+            image: string;
+            request?: string | null;
+            user_id?: string | null;
+            prompt?: string | null;
+            negative_prompt?: string | null;
+            checkpoint?: string | null;
+            vae?: string | null;
+            sampler_name?: string | null;
+            steps?: string | null;
+            cfg_scale?: string | null;
+            width?: string | null;
+            height?: string | null;
+            batch_count?: string | null;
+            batch_size?: string | null;
+            seed?: string | null;
+            denoising_strength?: string | null;
+            resize_mode?: string | null;
+            inpaint_full_res?: string | null;
+            inpaint_full_res_padding?: string | null;
+            inpainting_mask_invert?: string | null;
+        };
         /** JobCancelAnswer */
         JobCancelAnswer: {
             id: string;
@@ -1251,6 +2224,30 @@ export interface components {
             preset?: string | null;
             webhook?: components["schemas"]["WebhookInput"] | null;
         };
+        /** JobResult */
+        JobResult: {
+            job_id: string;
+            status: string;
+            images: string[];
+            info: {
+                [key: string]: unknown;
+            };
+            parameters: {
+                [key: string]: unknown;
+            };
+            error?: string | null;
+        };
+        /** JobStatusAnswer */
+        JobStatusAnswer: {
+            job_id: string;
+            status: string;
+            progress: number | null;
+            eta_relative: number | null;
+            message: string | null;
+            /** Format: date-time */
+            created_at: string;
+            completed_at?: string | null;
+        };
         /** JobSummary */
         JobSummary: {
             id: string;
@@ -1279,32 +2276,22 @@ export interface components {
                 [key: string]: unknown;
             };
         };
-        /** LoraInfo */
-        LoraInfo: {
+        /** LoraHit */
+        LoraHit: {
             name: string;
-            file: string;
-            /** @enum {string} */
-            base: "sd1" | "sd2" | "sdxl" | "sd3" | "flux" | "unknown";
-            base_model: string | null;
-            trigger_words: string[];
+            image: string | null;
             tags: string[];
-            tag_frequency: {
-                [key: string]: number;
-            };
-            size_bytes: number;
-            sha256: string | null;
-            /** Format: date-time */
-            modified_at: string;
-            preview_url?: string | null;
-            metadata?: {
-                [key: string]: string;
-            };
         };
         /** LoraInput */
         LoraInput: {
             name: string;
             /** @default 1 */
             weight?: number;
+        };
+        /** LoraList */
+        LoraList: {
+            loras: components["schemas"]["services_ingress_dialects_a1111_types_LoraInfo"][];
+            total: number;
         };
         /** LoraPage */
         LoraPage: {
@@ -1330,6 +2317,33 @@ export interface components {
             preview_url?: string | null;
             score?: number | null;
         };
+        /** McpAnswer */
+        McpAnswer: {
+            jsonrpc: string;
+            id: string | number | null;
+            result?: {
+                [key: string]: unknown;
+            } | null;
+            error?: components["schemas"]["McpError"] | null;
+        };
+        /** McpError */
+        McpError: {
+            code: number;
+            message: string;
+        };
+        /** McpRequest */
+        McpRequest: {
+            jsonrpc?: string | null;
+            method?: string | null;
+            params?: {
+                [key: string]: unknown;
+            } | null;
+            id?: string | number | null;
+        };
+        /** Message */
+        Message: {
+            message: string;
+        };
         /** Model */
         Model: {
             id: string;
@@ -1353,6 +2367,11 @@ export interface components {
             limits: {
                 [key: string]: number;
             };
+        };
+        /** ModelSummary */
+        ModelSummary: {
+            id: string;
+            description: string;
         };
         /** OpsQuery */
         OpsQuery: {
@@ -1441,9 +2460,22 @@ export interface components {
             /** @default  */
             description?: string;
         };
-        /** PresetList */
-        PresetList: {
-            presets: components["schemas"]["Preset"][];
+        /** PresetInfo */
+        PresetInfo: {
+            preset_id: string;
+            name: string;
+            config: {
+                [key: string]: unknown;
+            };
+            /** Format: date-time */
+            created_at: string;
+            description?: string | null;
+            last_used?: string | null;
+        };
+        /** PresetSaved */
+        PresetSaved: {
+            message: string;
+            preset_id: string;
         };
         /** Progress */
         Progress: {
@@ -1499,6 +2531,67 @@ export interface components {
             lag_seconds: number;
             last_event_at?: string | null;
         };
+        /** PullRequest */
+        PullRequest: {
+            /** @description A Hugging Face repo id, an http(s) URL, or a path on the server */
+            source: string;
+            name?: string | null;
+            /**
+             * @default checkpoint
+             * @enum {string}
+             */
+            kind?: "checkpoint" | "lora";
+            revision?: string | null;
+            /** @description sha256, 64 hex digits */
+            sha256?: string | null;
+            /**
+             * @description Accept pickled .ckpt/.bin/.pt weights (they can run code)
+             * @default false
+             */
+            allow_pickle?: boolean;
+            /** @description Single-file checkpoints: a catalog model id or diffusers folder with the matching configs */
+            config?: string | null;
+        };
+        /** PullStatus */
+        PullStatus: {
+            id: string;
+            source: string;
+            name: string;
+            /** @enum {string} */
+            kind: "checkpoint" | "lora";
+            /**
+             * @default queued
+             * @enum {string}
+             */
+            state?: "queued" | "pulling" | "verifying" | "placing" | "available" | "failed";
+            /** @default 0 */
+            done_bytes?: number;
+            /** @default 0 */
+            total_bytes?: number;
+            /** @default 0 */
+            files?: number;
+            revision?: string | null;
+            reason?: string | null;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        /** QueueAnswer */
+        QueueAnswer: {
+            pending: number;
+            processing: number;
+            completed: number;
+            failed: number;
+            total: number;
+            queue_size: number;
+            recent_24h?: components["schemas"]["Counts"] | null;
+            avg_processing_time_seconds?: number | null;
+            models?: {
+                [key: string]: components["schemas"]["Counts"];
+            } | null;
+            failure_rate?: number | null;
+        };
         /** QueueStats */
         QueueStats: {
             pending: number;
@@ -1515,8 +2608,27 @@ export interface components {
             } | null;
             failure_rate?: number | null;
         };
+        /** Queued */
+        Queued: {
+            id: string;
+            status: string;
+            message: string;
+        };
         /** Quota */
         Quota: {
+            isPremium: boolean;
+            usage: {
+                [key: string]: number;
+            };
+            limits: {
+                [key: string]: number | string;
+            };
+            remaining: {
+                [key: string]: number | string;
+            };
+        };
+        /** QuotaAnswer */
+        QuotaAnswer: {
             isPremium: boolean;
             usage: {
                 [key: string]: number;
@@ -1532,14 +2644,6 @@ export interface components {
         RebuildAnswer: {
             events: number;
             seconds: number;
-        };
-        /** ResetAnswer */
-        ResetAnswer: {
-            status: string;
-            reset_count: number;
-            failed_count: number;
-            job_ids: string[];
-            message: string;
         };
         /** Sampler */
         Sampler: {
@@ -1557,13 +2661,13 @@ export interface components {
                 [key: string]: unknown;
             };
         };
-        /** ScanAnswer */
-        ScanAnswer: {
-            added: string[];
-            removed: string[];
-            changed: string[];
-            total: number;
-            seconds: number;
+        /** SavePreset */
+        SavePreset: {
+            name: string;
+            config: {
+                [key: string]: unknown;
+            };
+            description?: string | null;
         };
         /** Scheduler */
         Scheduler: {
@@ -1600,6 +2704,11 @@ export interface components {
             /** Format: date-time */
             updated_at: string;
             owner?: string | null;
+        };
+        /** SessionAnswer */
+        SessionAnswer: {
+            message: string;
+            session: components["schemas"]["UserSession"];
         };
         /**
          * SessionBody
@@ -1672,6 +2781,30 @@ export interface components {
             /** @description Denoising steps (the model caps it) */
             hr_second_pass_steps?: number | null;
         };
+        /** Space */
+        Space: {
+            success: boolean;
+            spaceId: string;
+        };
+        /** StatusAnswer */
+        StatusAnswer: {
+            id: string;
+            status: string;
+            model_id: string;
+            prompt: string;
+            negative_prompt: string | null;
+            settings: components["schemas"]["ImageSettings"];
+            /** Format: date-time */
+            created_at: string;
+            started_at: string | null;
+            completed_at: string | null;
+            message: string;
+            progress: components["schemas"]["StatusProgress"];
+            images: components["schemas"]["StatusImage"][];
+            error?: string | null;
+            /** @default 1 */
+            num_images?: number;
+        };
         /** StatusCounts */
         StatusCounts: {
             /** @default 0 */
@@ -1686,6 +2819,45 @@ export interface components {
             cancelled?: number;
             /** @default 0 */
             total?: number;
+        };
+        /** StatusImage */
+        StatusImage: {
+            id: string;
+            file_path: string;
+            /** Format: date-time */
+            created_at: string;
+            metadata: components["schemas"]["ImageMeta"];
+            url: string;
+        };
+        /** StatusMessage */
+        StatusMessage: {
+            status: string;
+            message: string;
+        };
+        /** StatusProgress */
+        StatusProgress: {
+            preparing: boolean;
+            loading_model: boolean;
+            generating: boolean;
+            saving: boolean;
+            completed: boolean;
+            failed: boolean;
+            step: number | null;
+            total_steps: number | null;
+        };
+        /** Success */
+        Success: {
+            success: boolean;
+        };
+        /** Task */
+        Task: {
+            id: string;
+            prompt: string;
+            status: string;
+            file_path: string | null;
+            error: string | null;
+            created_at: string;
+            updated_at: string;
         };
         /** Txt2ImgBody */
         Txt2ImgBody: {
@@ -1783,6 +2955,42 @@ export interface components {
             model_url?: string | null;
             scale?: number | null;
         };
+        /** UserSession */
+        UserSession: {
+            user_id: string;
+            active_loras: {
+                [key: string]: number;
+            };
+            controlnet_configs: {
+                [key: string]: unknown;
+            }[];
+            custom_settings: {
+                [key: string]: unknown;
+            };
+            last_updated?: string | null;
+        };
+        /**
+         * ValidationItem
+         * @example {
+         *       "loc": [
+         *         "qryxEygSpjBfzZMYXpui"
+         *       ],
+         *       "msg": "tHawTFGHbWEYOvEFzmCs",
+         *       "type": "SbDYPakmdvdxKGjYQJsp"
+         *     }
+         */
+        ValidationItem: {
+            /**
+             * @example [
+             *       "cEDWhDsxsSnkYsddDxCm"
+             *     ]
+             */
+            loc: (string | number)[];
+            /** @example GCpRwLyKtyoYzanEHWQQ */
+            msg: string;
+            /** @example lwJfffnmCNNSAoiDVYLg */
+            type: string;
+        };
         /** VariationForm */
         VariationForm: {
             /** Format: binary */
@@ -1824,6 +3032,45 @@ export interface components {
             /** @default 0 */
             failed?: number;
         };
+        /** GenerationAnswer */
+        a1111_types_GenerationAnswer: {
+            job_id: string;
+            status: string;
+            message: string;
+            estimated_time?: number | null;
+        };
+        /** ModelsAnswer */
+        a1111_types_ModelsAnswer: {
+            checkpoints: string[];
+            vaes: string[];
+            samplers: string[];
+            upscalers: string[];
+        };
+        /** GenerateBody */
+        chutes_GenerateBody: {
+            prompt?: string | null;
+            model?: string | null;
+            negative_prompt?: string | null;
+            guidance_scale?: number | null;
+            width?: number | null;
+            height?: number | null;
+            num_inference_steps?: number | null;
+            seed?: number | null;
+        };
+        /** GenerateBody */
+        cyberimage_types_GenerateBody: {
+            prompt: string;
+            model_id?: string | null;
+            negative_prompt?: string | null;
+            settings?: components["schemas"]["GenerateSettings"] | null;
+        };
+        /** ModelsAnswer */
+        cyberimage_types_ModelsAnswer: {
+            models: {
+                [key: string]: components["schemas"]["ModelSummary"];
+            };
+            default: string;
+        };
         /**
          * ErrorBody
          * @example {
@@ -1840,12 +3087,127 @@ export interface components {
              */
             status?: string;
         };
+        /** Health */
+        schemas_api_Health: {
+            status: string;
+            broker?: string | null;
+            data_dir?: string | null;
+            generators?: number | null;
+            projection?: components["schemas"]["ProjectionStatus"] | null;
+        };
         /** ModelList */
         schemas_api_ModelList: {
             models: {
                 [key: string]: components["schemas"]["ModelInfo"];
             };
             default: string;
+        };
+        /** ResetAnswer */
+        schemas_api_ResetAnswer: {
+            status: string;
+            reset_count: number;
+            failed_count: number;
+            job_ids: string[];
+            message: string;
+        };
+        /** LoraInfo */
+        schemas_library_LoraInfo: {
+            name: string;
+            file: string;
+            /** @enum {string} */
+            base: "sd1" | "sd2" | "sdxl" | "sd3" | "flux" | "unknown";
+            base_model: string | null;
+            trigger_words: string[];
+            tags: string[];
+            tag_frequency: {
+                [key: string]: number;
+            };
+            size_bytes: number;
+            sha256: string | null;
+            /** Format: date-time */
+            modified_at: string;
+            preview_url?: string | null;
+            metadata?: {
+                [key: string]: string;
+            };
+        };
+        /** PresetList */
+        schemas_library_PresetList: {
+            presets: components["schemas"]["Preset"][];
+        };
+        /** ScanAnswer */
+        schemas_library_ScanAnswer: {
+            added: string[];
+            removed: string[];
+            changed: string[];
+            total: number;
+            seconds: number;
+        };
+        /** GenerationAnswer */
+        sdapi_types_GenerationAnswer: {
+            images: string[];
+            parameters: {
+                [key: string]: unknown;
+            };
+            info: string;
+        };
+        /**
+         * ErrorBody
+         * @example {
+         *       "detail": "QlNkcetIMIFWXevKDwzf"
+         *     }
+         */
+        services_ingress_dialects_a1111_types_ErrorBody: {
+            /**
+             * @example [
+             *       {
+             *         "loc": [
+             *           "CyCtCsnCcEIqirzMlcpU"
+             *         ],
+             *         "msg": "aAfMsgZSosapWJWLHTGx",
+             *         "type": "qaSgYjXXQUoKehtrJmJX"
+             *       }
+             *     ]
+             */
+            detail: string | components["schemas"]["ValidationItem"][];
+        };
+        /** LoraInfo */
+        services_ingress_dialects_a1111_types_LoraInfo: {
+            filename: string;
+            name: string;
+            tags: string[];
+            trigger_words: string[];
+            strength_range: number[];
+            description?: string | null;
+            thumbnail?: string | null;
+            civitai_id?: number | null;
+        };
+        /** PresetList */
+        services_ingress_dialects_a1111_types_PresetList: {
+            presets: components["schemas"]["PresetInfo"][];
+        };
+        /** ScanAnswer */
+        services_ingress_dialects_a1111_types_ScanAnswer: {
+            message: string;
+            details: {
+                [key: string]: unknown;
+            };
+        };
+        /**
+         * ErrorBody
+         * @example {
+         *       "error": "NQPIMLBPjLHCFVPJUTrS"
+         *     }
+         */
+        services_ingress_dialects_chutes_ErrorBody: {
+            /** @example zYMIZKmHivKjwlvmKRzL */
+            error: string;
+        };
+        /** ResetAnswer */
+        services_ingress_dialects_cyberimage_types_ResetAnswer: {
+            status: string;
+            reset_count: number;
+            message: string;
         };
         /**
          * ErrorBody
@@ -1891,6 +3253,27 @@ export interface components {
              * @example pSjGbFxUQOrIizuyolBH
              */
             errors?: string;
+        };
+        /**
+         * ErrorBody
+         * @example {
+         *       "error": "CqkZELcMizuuPkXSzTCV"
+         *     }
+         */
+        services_ingress_dialects_weights_ErrorBody: {
+            /** @example dteaQCDUeXNSQubZGLKp */
+            error: string;
+            /**
+             * @example [
+             *       "ImAYyNsCOKFpczLsLydE"
+             *     ]
+             */
+            details?: string[] | null;
+        };
+        /** Health */
+        services_ingress_dialects_weights_Health: {
+            /** @default OK */
+            status?: string;
         };
     };
     responses: never;
@@ -2525,7 +3908,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ResetAnswer"];
+                    "application/json": components["schemas"]["schemas_api_ResetAnswer"];
                 };
             };
             /** @description A field is wrong; the message names it */
@@ -2557,6 +3940,70 @@ export interface operations {
             };
             /** @description The broker or the data directory is unavailable; nothing was changed; see Retry-After */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    V1ModelsPullsPullIdGetPull: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                pull_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PullStatus"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No API key, or an invalid or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The route needs an admin key */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such id for this key (another tenant's ids are 404 too) */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2615,6 +4062,66 @@ export interface operations {
             };
             /** @description No API key, or an invalid or revoked one */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    V1ModelsPullsPullModel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PullRequest"];
+            };
+        };
+        responses: {
+            /** @description Request accepted, processing continues off-line */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PullStatus"];
+                };
+            };
+            /** @description A field is wrong; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No API key, or an invalid or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The route needs an admin key */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was changed; see Retry-After */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2929,7 +4436,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Health"];
+                    "application/json": components["schemas"]["schemas_api_Health"];
                 };
             };
             /** @description Jobs cannot be accepted now */
@@ -2938,7 +4445,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Health"];
+                    "application/json": components["schemas"]["schemas_api_Health"];
                 };
             };
         };
@@ -3222,7 +4729,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["LoraInfo"];
+                    "application/json": components["schemas"]["schemas_library_LoraInfo"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
@@ -3284,7 +4791,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ScanAnswer"];
+                    "application/json": components["schemas"]["schemas_library_ScanAnswer"];
                 };
             };
             /** @description No API key, or an invalid or revoked one */
@@ -3729,7 +5236,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["PresetList"];
+                    "application/json": components["schemas"]["schemas_library_PresetList"];
                 };
             };
         };
@@ -4374,7 +5881,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["GenerationAnswer"];
+                    "application/json": components["schemas"]["sdapi_types_GenerationAnswer"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
@@ -4939,7 +6446,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["GenerationAnswer"];
+                    "application/json": components["schemas"]["sdapi_types_GenerationAnswer"];
                 };
             };
             /** @description Bad request syntax or unsupported method */
@@ -5038,6 +6545,2876 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["services_ingress_dialects_sdapi_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsAddloraAddLora: {
+        parameters: {
+            query?: {
+                loraName?: string | null;
+                spaceId?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Success"];
+                };
+            };
+            /** @description Validation error: `details` says what (a prompt under 10 characters, an unknown LoRA...) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description No such image (or space) for this caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsAllocatespaceAllocateSpace: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Space"];
+                };
+            };
+            /** @description Validation error: `details` says what (a prompt under 10 characters, an unknown LoRA...) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description The caller holds as many spaces as it may */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsGenerateimageGenerateImage: {
+        parameters: {
+            query?: {
+                prompt?: string | null;
+                loraName?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Generated"];
+                };
+            };
+            /** @description Validation error: `details` says what (a prompt under 10 characters, an unknown LoRA...) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description No such image (or space) for this caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description The request is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description Server is busy: the queue or rate limit is full; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was accepted */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsGenerateimagejobGenerateImageJob: {
+        parameters: {
+            query?: {
+                prompt?: string | null;
+                spaceId?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Generated"];
+                };
+            };
+            /** @description Validation error: `details` says what (a prompt under 10 characters, an unknown LoRA...) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description No such image (or space) for this caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description The request is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description Server is busy: the queue or rate limit is full; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was accepted */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsHealthHealth: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_Health"];
+                };
+            };
+        };
+    };
+    WeightsImageFileImage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_file: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The image as JPEG */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/jpeg": string;
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No such image, or none yet */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsQuotaQuota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaAnswer"];
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsRemoveloraRemoveLora: {
+        parameters: {
+            query?: {
+                spaceId?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Success"];
+                };
+            };
+            /** @description Validation error: `details` says what (a prompt under 10 characters, an unknown LoRA...) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description No such image (or space) for this caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsSearchLorasSearchLoras: {
+        parameters: {
+            query?: {
+                query?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoraHit"][];
+                };
+            };
+            /** @description Validation error: `details` says what (a prompt under 10 characters, an unknown LoRA...) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was accepted */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    WeightsStatusImageIdStatus: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImageStatus"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description x-api-key is not a valid Darkroom key (or it is missing and the caller is not on loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+            /** @description No such image (or space) for this caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_weights_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesCleanupCleanup: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CleanupBody"] | null;
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Cleaned"];
+                };
+            };
+            /** @description A field is wrong (`Prompt is required`, a size below 8...); the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was accepted */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesGenerateGenerate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["chutes_GenerateBody"] | null;
+            };
+        };
+        responses: {
+            /** @description Request accepted, processing continues off-line */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Queued"];
+                };
+            };
+            /** @description A field is wrong (`Prompt is required`, a size below 8...); the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description A rate limit or quota was reached; see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was accepted */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesEditNotBuilt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description Not built in Darkroom: the proxy forwarded this to Chutes */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesGenerateVideoNotBuilt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description Not built in Darkroom: the proxy forwarded this to Chutes */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesAnalyzeImageNotBuilt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description Not built in Darkroom: the proxy forwarded this to Chutes */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesStatusTaskIdTask: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                task_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description No such task for this caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesStatusTasks: {
+        parameters: {
+            query?: {
+                status?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Task"][];
+                };
+            };
+            /** @description A field is wrong (`Prompt is required`, a size below 8...); the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was accepted */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiImageImageIdDeleteImage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StatusMessage"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The image's job is still saving */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The broker, read side or data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiEnrichEnrich: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EnrichBody"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrichAnswer"];
+                };
+            };
+            /** @description A parameter is wrong; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrichError"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrichError"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrichError"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnrichError"];
+                };
+            };
+        };
+    };
+    ApiGalleryGallery: {
+        parameters: {
+            query?: {
+                page?: number;
+                limit?: number;
+                search?: string | null;
+                model?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GalleryAnswer"];
+                };
+            };
+            /** @description A parameter is wrong; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The broker, read side or data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiGenerateGenerate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["cyberimage_types_GenerateBody"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GenerateAnswer"];
+                };
+            };
+            /** @description A parameter is wrong; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description A rate limit or quota was reached */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The broker, read side or data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiGetImageImageIdGetImage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description File Download */
+            200: {
+                headers: {
+                    /** @description File size in bytes */
+                    "content-length"?: string;
+                    /** @description Last modified data-time in RFC 2822 format */
+                    "last-modified"?: string;
+                    /** @description Entity tag */
+                    etag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": string;
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiImageImageIdMetadataMetadata: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImageMeta"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiModelsModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["cyberimage_types_ModelsAnswer"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiQueueQueue: {
+        parameters: {
+            query?: {
+                /** @description "true" adds the last 24 h, per-model counts and timings */
+                detailed?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueueAnswer"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The broker, read side or data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiResetQueueResetQueue: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_cyberimage_types_ResetAnswer"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description Needs an admin key */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The broker, read side or data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiStatusJobIdStatus: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StatusAnswer"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such job or image (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiMcpMcp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["McpRequest"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["McpAnswer"];
+                };
+            };
+            /** @description -32600: not a JSON-RPC 2.0 request; -32000: a parameter is wrong */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["McpAnswer"];
+                };
+            };
+            /** @description -32000: no or an invalid key */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["McpAnswer"];
+                };
+            };
+            /** @description -32601: unknown method; -32000: no such job (or the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["McpAnswer"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["McpAnswer"];
+                };
+            };
+            /** @description -32000: a rate limit or quota was reached */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["McpAnswer"];
+                };
+            };
+            /** @description -32000: the broker or the data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["McpAnswer"];
+                };
+            };
+        };
+    };
+    A1111SessionsUserIdLorasAddLora: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AddLora"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionAnswer"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111SessionsUserIdLorasClearLoras: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111GenerateControlnetControlnet: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description Not supported by Darkroom */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111ControlnetModelsControlnetModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description Not supported by Darkroom */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111ControlnetPreprocessControlnetPreprocess: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description Not supported by Darkroom */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111PresetsUserIdPresetIdDeletePreset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+                preset_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111SessionsUserIdGetSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserSession"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111HealthHealth: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HealthAnswer"];
+                };
+            };
+            /** @description The dialect is switched off */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description Jobs cannot be accepted now */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111GenerateImg2ImgImg2Img: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["Img2ImgForm"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["a1111_types_GenerationAnswer"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A rate limit or quota was reached */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111JobsJobIdJob: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobStatusAnswer"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111PresetsUserIdListPresets: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_PresetList"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111PresetsUserIdSavePreset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SavePreset"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PresetSaved"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111LorasLoras: {
+        parameters: {
+            query?: {
+                search?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoraList"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111ModelsModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["a1111_types_ModelsAnswer"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111GenerateRegionalRegional: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description Not supported by Darkroom */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111SessionsUserIdLorasFilenameRemoveLora: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+                filename: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111JobsJobIdResultResult: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobResult"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description "Job result not available": no such job, or it has not ended yet */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111LorasScanScanLoras: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ScanAnswer"];
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111GenerateTxt2ImgTxt2Img: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GenerationBody"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["a1111_types_GenerationAnswer"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A rate limit or quota was reached */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+        };
+    };
+    A1111SessionsUserIdSettingsUpdateSettings: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    [key: string]: unknown;
+                };
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionAnswer"];
+                };
+            };
+            /** @description Bad request syntax or unsupported method */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        status_code: number;
+                        detail: string;
+                        extra?: null | {
+                            [key: string]: unknown;
+                        } | unknown[];
+                    };
+                };
+            };
+            /** @description No or an invalid key (loopback needs none) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description No such job, LoRA or preset (every route: the dialect is switched off) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description At most 100 sessions and 200 presets per key */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description The request body is too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
+                };
+            };
+            /** @description A field is wrong; `detail` lists which */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_a1111_types_ErrorBody"];
                 };
             };
         };

@@ -147,6 +147,7 @@ async def test_deleting_an_image_removes_its_files_its_row_and_its_place_in_the_
         png, sidecar = layout.image(first.file_path), layout.sidecar(first.file_path)
         assert png.exists() and sidecar.exists()
         await wait_for(lambda: layout.job(job).exists() and json.loads(layout.job(job).read_bytes())["status"] == "completed")
+        await wait_for(lambda: client.app.state.bus.connected, what="the ingress connected to the broker")
         answer = await client.delete(f"/v1/images/{first.id}")
         assert answer.status_code == 200 and answer.json()["status"] == "success", answer.text
         assert not png.exists() and not sidecar.exists()

@@ -3,22 +3,12 @@
 Every consumed GenerateImages command waits here on a future until its job's outcome is
 published; one loop takes the oldest waiting job and adds compatible ones (same batch key) while
 their images fit the call's capacity. Each job keeps its own seeds and is reported and saved as
-its own job.
-
-A batch's pipeline calls run first; `run_batch` then returns the rest of its work (decode, PNGs,
-publishing), which runs as a task while the next batch is taken and generated: at most `handoff`
-batches finish at once, so memory stays flat (0: the rest runs before the next batch starts).
-The next batch is taken when the pipeline is free, so jobs that arrived meanwhile join it.
-
-A lone job on an idle worker never waits. While jobs are arriving (another arrived within
-`fill_wait` seconds, or a batch is still finishing) a call that is not full waits up to
-`fill_wait` for compatible jobs to fill it.
+its own job. Nothing waits for more jobs to arrive: only what is already queued is batched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -50,26 +40,15 @@ class Waiting:
         return self.command.attempt == 1 and settings.num_images <= min(capacity, settings.batch_size)
 
 
-# Runs a batch's pipeline calls; returns the rest of its work (or None when nothing is left).
-RunBatch = Callable[[list["Waiting"]], Awaitable[Awaitable[None] | None]]
-
-
 class Batcher:
-    def __init__(self, run_batch: RunBatch, capacity: int, *, handoff: int = 0, fill_wait: float = 0.0):
+    def __init__(self, run_batch: Callable[[list[Waiting]], Awaitable[None]], capacity: int):
         self.run_batch = run_batch
         self.capacity = max(1, capacity)
-        self.handoff = handoff
-        self.fill_wait = fill_wait
         self._waiting: list[Waiting] = []
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
-        self._active = 0  # batches generating or finishing
-        self._finishing: set[asyncio.Task] = set()
-        self._room = asyncio.Semaphore(max(1, handoff))
-        # When the two latest jobs arrived: two close together mean jobs are streaming in.
-        self._arrivals = (float("-inf"), float("-inf"))
 
     @property
     def busy(self) -> bool:
@@ -96,7 +75,6 @@ class Batcher:
         """Queue a job and return once its outcome is published (raises what its batch raised)."""
         waiting = Waiting(command)
         self._waiting.append(waiting)
-        self._arrivals = (self._arrivals[1], time.monotonic())
         self._arrived.set()
         await waiting.done
 
@@ -115,93 +93,24 @@ class Batcher:
                     room -= other.images
         return batch
 
-    def _room_left(self, first: Waiting) -> int:
-        """Images the call `first` opens could still take from jobs not waiting yet."""
-        key, room = batch_key(first.command), self.capacity - first.images
-        for other in self._waiting[1:]:
-            if other.shareable(self.capacity) and batch_key(other.command) == key and other.images <= room:
-                room -= other.images
-        return room
-
-    async def _fill(self) -> None:
-        """While jobs are arriving, wait (at most `fill_wait`) for compatible ones to fill the call."""
-        first = self._waiting[0]
-        if self.fill_wait <= 0 or not first.shareable(self.capacity):
-            return
-        streaming = self._finishing or time.monotonic() - self._arrivals[0] < self.fill_wait
-        if not streaming:
-            return
-        deadline = time.monotonic() + self.fill_wait
-        while self._room_left(first) > 0 and not self._closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), left)
-            except TimeoutError:
-                return
-
     async def run(self) -> None:
-        """Forever: take a batch, run its pipeline calls, hand its rest to a task; every job's
-        future is settled whatever happens."""
+        """Forever: take a batch, run it, settle every job's future (whatever happens)."""
         while not self._closed:
             while not self._waiting:
                 self._arrived.clear()
                 await self._arrived.wait()
             if self._closed:
                 break
-            await self._fill()
-            if self._closed or not self._waiting:
-                continue
             batch = self.take_batch()
-            self._begin()
+            self._idle.clear()
             try:
-                rest = await self.run_batch(batch)
+                await self.run_batch(batch)
             except Exception as exc:  # noqa: BLE001 - each job's consumer decides: requeue or park
-                self._settle(batch, exc)
-                continue
-            except BaseException:
-                self._settle(batch)
-                raise
-            if rest is None:
-                self._settle(batch)
-            elif self.handoff <= 0:
-                await self._finish(batch, rest)
-            else:
-                try:
-                    await self._room.acquire()  # at most `handoff` batches finish at once
-                except BaseException:
-                    rest.close()
-                    self._settle(batch)
-                    raise
-                task = asyncio.create_task(self._finish(batch, rest, release=True))
-                self._finishing.add(task)
-                task.add_done_callback(self._finishing.discard)
-
-    async def _finish(self, batch: list[Waiting], rest: Awaitable[None], release: bool = False) -> None:
-        error = None
-        try:
-            await rest
-        except Exception as exc:  # noqa: BLE001 - each job's consumer decides: requeue or park
-            error = exc
-        finally:
-            self._settle(batch, error)
-            if release:
-                self._room.release()
-
-    def _begin(self) -> None:
-        self._active += 1
-        self._idle.clear()
-
-    def _settle(self, batch: list[Waiting], exc: Exception | None = None) -> None:
-        """End a batch: every job's future is settled (a job left unsettled would hold its message forever)."""
-        for waiting in batch:
-            if not waiting.done.done():
-                if exc is not None:
-                    waiting.done.set_exception(exc)
-                else:
-                    waiting.done.set_result(None)
-        self._active -= 1
-        if self._active == 0:
-            self._idle.set()
+                for waiting in batch:
+                    if not waiting.done.done():
+                        waiting.done.set_exception(exc)
+            finally:
+                self._idle.set()
+                for waiting in batch:  # a job left unsettled would hold its message forever
+                    if not waiting.done.done():
+                        waiting.done.set_result(None)

@@ -1,7 +1,5 @@
-"""The synchronous render path: a batch of commands -> pipeline calls (with their step
-callbacks), in the pipeline thread (`Renderer.__call__`) -> each job's images decoded where the
-call left latents and encoded as PNGs (`Renderer.finish`, in the worker's second thread while
-the next batch generates; or right after, in the pipeline thread, with DARKROOM_OVERLAP=off).
+"""The synchronous render path, run in the pipeline thread: a batch of commands -> pipeline
+calls (with their step callbacks) -> each job's images encoded as PNGs.
 
 Nothing here touches the bus or the event loop; progress goes through the `StepWatch` the worker
 passes in.
@@ -16,7 +14,7 @@ from pathlib import Path
 import msgspec
 from PIL import Image
 
-from pipelines.generate import Denoised, Hires, ImageTask, Recipe, denoise
+from pipelines.generate import Hires, ImageTask, Recipe, generate
 from pipelines.loader import LoadedModel
 from pipelines.png import a1111_parameters, encode_png
 from pipelines.previews import preview_png
@@ -40,15 +38,6 @@ class RenderedImage:
 
 
 @dataclass(frozen=True)
-class Rendered:
-    """A batch after its pipeline calls: each call's result (maybe still latents) and which
-    (job index, image count) it holds, in order, plus the jobs cancelled while sharing a call."""
-
-    calls: list[tuple[Denoised, list[tuple[int, int]]]]
-    dropped: set[str]
-
-
-@dataclass(frozen=True)
 class Renderer:
     """How this worker renders (from settings); called with a batch in the pipeline thread."""
 
@@ -58,16 +47,17 @@ class Renderer:
     progress: ProgressSettings = field(default_factory=ProgressSettings)
     fault: FaultHook = no_faults
 
-    # Leave the VAE decode of calls that allow it to `finish` (run off the pipeline thread).
-    split_decode: bool = False
+    def __call__(self, model: LoadedModel, commands: list[GenerateImages],
+                 watch: StepWatch) -> tuple[list[list[RenderedImage]], set[str]]:
+        """Run the pipeline for a batch and encode every image as a PNG.
 
-    def __call__(self, model: LoadedModel, commands: list[GenerateImages], watch: StepWatch) -> Rendered:
-        """Run the pipeline calls for a batch (the pipeline thread's part). `finish` makes the PNGs."""
+        Returns each job's images, and the jobs cancelled while sharing a call (their images dropped).
+        """
         for command in commands:
             self.fault(command.spec)
         recipe = recipe_of(commands[0].spec)
         all_tasks = [tasks_of(command) for command in commands]
-        calls = []
+        images: list[list[Image.Image]] = [[] for _ in commands]
         dropped: set[str] = set()
         for call in calls_for(commands, self.capacity):
             tasks, slots, offset = [], [], 0
@@ -79,34 +69,13 @@ class Renderer:
                 offset += count
             reporter = ProgressReporter.for_call(slots, watch=watch, settings=self.progress,
                                                  family=model.entry.family, preview=preview_png)
-            result = denoise(model, recipe, tasks, lora_folder=self.lora_folder, on_step=reporter,
-                             split_decode=self.split_decode)
+            produced = generate(model, recipe, tasks, lora_folder=self.lora_folder, on_step=reporter)
             dropped |= reporter.dropped
-            calls.append((result, [(index, count) for index, _start, count in call]))
-        return Rendered(calls, dropped)
-
-    def finish(self, commands: list[GenerateImages], rendered: Rendered) -> list[list[RenderedImage]]:
-        """Decode what is still latents and encode every kept job's images as PNGs (any thread:
-        PIL's zlib releases the GIL). A dropped job's images are neither decoded apart nor encoded."""
-        images: list[list[Image.Image]] = [[] for _ in commands]
-        for result, parts in rendered.calls:
-            if all(commands[index].job_id in rendered.dropped for index, _ in parts):
-                continue
-            produced, offset = result.decode(), 0
-            for index, count in parts:
+            offset = 0
+            for index, _start, count in call:
                 images[index] += produced[offset : offset + count]
                 offset += count
-        return [
-            [] if command.job_id in rendered.dropped else encode_job(command, job_images)
-            for command, job_images in zip(commands, images, strict=True)
-        ]
-
-    def render_all(self, model: LoadedModel, commands: list[GenerateImages],
-                   watch: StepWatch) -> tuple[list[list[RenderedImage]], set[str]]:
-        """Pipeline calls and PNGs in one go, in the calling thread: each job's images and the
-        jobs cancelled while sharing a call."""
-        rendered = self(model, commands, watch)
-        return self.finish(commands, rendered), rendered.dropped
+        return [encode_job(command, job_images) for command, job_images in zip(commands, images, strict=True)], dropped
 
 
 def recipe_of(spec: JobSpec) -> Recipe:

@@ -25,6 +25,7 @@ import darkroom_client as dc
 from darkroom_client.types import WIRE_TYPES
 from ops import keys
 from tests.e2e.conftest import Stack, darkroom_command
+from tests.support import wait_for_sync
 
 SMALL = {"steps": 4, "size": "64x64", "seed": 7}
 
@@ -81,8 +82,10 @@ def test_sdk_generates_with_progress_at_every_step_and_downloads(stack: Stack, t
             png_ok(file.read_bytes())
         # Auto-pagination: one item a page still finds everything.
         assert job.id in [j.id for j in darkroom.jobs(page_size=1, limit=50)]
-        gallery = list(darkroom.gallery(page_size=1, limit=10))
-        assert {image.id for image in job.images} <= {image.id for image in gallery}
+        # The gallery reads the projection, which trails the event log by milliseconds.
+        wait_for_sync(lambda: {image.id for image in job.images}
+                      <= {image.id for image in darkroom.gallery(page_size=1, limit=10)},
+                      timeout=30, interval=0.2, what="the job's images in the gallery, one per page")
         assert darkroom.quota().usage is not None
         assert darkroom.models().default in darkroom.models().models
         assert darkroom.enrich("a fox").original_prompt == "a fox"

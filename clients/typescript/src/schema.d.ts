@@ -1085,6 +1085,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/chutes/analyze-image": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Not built: image analysis (Chutes proxy) */
+        post: operations["ChutesAnalyzeImageAnalyzeImageNotBuilt"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/chutes/cleanup": {
         parameters: {
             query?: never;
@@ -1096,6 +1113,23 @@ export interface paths {
         put?: never;
         /** Fail the caller's tasks stuck longer than timeoutMinutes */
         post: operations["ChutesCleanupCleanup"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/chutes/edit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Not built: image editing (Chutes proxy) */
+        post: operations["ChutesEditEditNotBuilt"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1119,23 +1153,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/chutes/edit": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Not built: editing, video and analysis (Chutes proxy) */
-        post: operations["ChutesEditNotBuilt"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/chutes/generate-video": {
         parameters: {
             query?: never;
@@ -1145,25 +1162,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Not built: editing, video and analysis (Chutes proxy) */
-        post: operations["ChutesGenerateVideoNotBuilt"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/chutes/analyze-image": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Not built: editing, video and analysis (Chutes proxy) */
-        post: operations["ChutesAnalyzeImageNotBuilt"];
+        /** Not built: video generation (Chutes proxy) */
+        post: operations["ChutesGenerateVideoGenerateVideoNotBuilt"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1762,11 +1762,11 @@ export interface components {
         /**
          * EnrichError
          * @example {
-         *       "error": "UHSQKWNxguFbFvydeHoi"
+         *       "error": "NQPIMLBPjLHCFVPJUTrS"
          *     }
          */
         EnrichError: {
-            /** @example UEWjPmuAvAedLooKNBQs */
+            /** @example zYMIZKmHivKjwlvmKRzL */
             error: string;
         };
         /** EnrichRequest */
@@ -2973,22 +2973,22 @@ export interface components {
          * ValidationItem
          * @example {
          *       "loc": [
-         *         "qryxEygSpjBfzZMYXpui"
+         *         "nIcAIrFcrzRBWtUEyjQP"
          *       ],
-         *       "msg": "tHawTFGHbWEYOvEFzmCs",
-         *       "type": "SbDYPakmdvdxKGjYQJsp"
+         *       "msg": "uqoreSwjJjTaCHrkUEKi",
+         *       "type": "aVjcODaCAWEhGPYqEcXh"
          *     }
          */
         ValidationItem: {
             /**
              * @example [
-             *       "cEDWhDsxsSnkYsddDxCm"
+             *       "KQUIcwTvBMEsEyrdnZps"
              *     ]
              */
             loc: (string | number)[];
-            /** @example GCpRwLyKtyoYzanEHWQQ */
+            /** @example ZfntyvohCiaNNsTiUJIc */
             msg: string;
-            /** @example lwJfffnmCNNSAoiDVYLg */
+            /** @example NiBCdpVNqYdHPSHMmOJD */
             type: string;
         };
         /** VariationForm */
@@ -3154,7 +3154,7 @@ export interface components {
         /**
          * ErrorBody
          * @example {
-         *       "detail": "QlNkcetIMIFWXevKDwzf"
+         *       "detail": "oMLcDTblBFCTtICQuVSL"
          *     }
          */
         services_ingress_dialects_a1111_types_ErrorBody: {
@@ -3162,10 +3162,10 @@ export interface components {
              * @example [
              *       {
              *         "loc": [
-             *           "CyCtCsnCcEIqirzMlcpU"
+             *           "VtQypXzKpUycdswfSCXH"
              *         ],
-             *         "msg": "aAfMsgZSosapWJWLHTGx",
-             *         "type": "qaSgYjXXQUoKehtrJmJX"
+             *         "msg": "PiclvcWpPcSrAFFpnuCa",
+             *         "type": "ldRKRIbrTyqiVesqHVMY"
              *       }
              *     ]
              */
@@ -3193,14 +3193,8 @@ export interface components {
                 [key: string]: unknown;
             };
         };
-        /**
-         * ErrorBody
-         * @example {
-         *       "error": "NQPIMLBPjLHCFVPJUTrS"
-         *     }
-         */
+        /** ErrorBody */
         services_ingress_dialects_chutes_ErrorBody: {
-            /** @example zYMIZKmHivKjwlvmKRzL */
             error: string;
         };
         /** ResetAnswer */
@@ -7048,6 +7042,35 @@ export interface operations {
             };
         };
     };
+    ChutesAnalyzeImageAnalyzeImageNotBuilt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description Not built in Darkroom: the proxy forwarded this to Chutes */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
     ChutesCleanupCleanup: {
         parameters: {
             query?: never;
@@ -7090,6 +7113,35 @@ export interface operations {
             };
             /** @description The broker or the data directory is unavailable; nothing was accepted */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+        };
+    };
+    ChutesEditEditNotBuilt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
+                };
+            };
+            /** @description Not built in Darkroom: the proxy forwarded this to Chutes */
+            501: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7168,65 +7220,7 @@ export interface operations {
             };
         };
     };
-    ChutesEditNotBuilt: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
-                };
-            };
-            /** @description Not built in Darkroom: the proxy forwarded this to Chutes */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
-                };
-            };
-        };
-    };
-    ChutesGenerateVideoNotBuilt: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description The Darkroom key sent is not valid (or none was sent from outside loopback) */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
-                };
-            };
-            /** @description Not built in Darkroom: the proxy forwarded this to Chutes */
-            501: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["services_ingress_dialects_chutes_ErrorBody"];
-                };
-            };
-        };
-    };
-    ChutesAnalyzeImageNotBuilt: {
+    ChutesGenerateVideoGenerateVideoNotBuilt: {
         parameters: {
             query?: never;
             header?: never;

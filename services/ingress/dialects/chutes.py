@@ -313,9 +313,23 @@ class ChutesRoutes(Controller):
         return Cleaned(message=f"Cleaned up {len(ids)} task(s) stuck for more than {minutes:g} minutes",
                        cleanedCount=len(ids), cleanedIds=ids)
 
-    @post(list(NOT_BUILT), status_code=501, summary="Not built: editing, video and analysis (Chutes proxy)",
-          responses=errors(501), include_in_schema=True)
-    async def not_built(self, request: Request, principal: DialectCaller) -> Response[ErrorBody]:
-        what = NOT_BUILT[request.url.path.removeprefix(self.path)]
-        return error_response(501, f"{what} is not available in Darkroom's Chutes dialect: Darkroom generates "
-                                   f"images only (use POST /chutes/generate, or /v1/jobs with init_image for edits)")
+    # One handler per path: a handler with several paths lists them in the OpenAPI schema in an
+    # order that changes from process to process, and generated clients must not churn.
+    @post("/edit", status_code=501, summary="Not built: image editing (Chutes proxy)", responses=errors(501))
+    async def edit_not_built(self, principal: DialectCaller) -> Response[ErrorBody]:
+        return not_built("/edit")
+
+    @post("/generate-video", status_code=501, summary="Not built: video generation (Chutes proxy)",
+          responses=errors(501))
+    async def generate_video_not_built(self, principal: DialectCaller) -> Response[ErrorBody]:
+        return not_built("/generate-video")
+
+    @post("/analyze-image", status_code=501, summary="Not built: image analysis (Chutes proxy)",
+          responses=errors(501))
+    async def analyze_image_not_built(self, principal: DialectCaller) -> Response[ErrorBody]:
+        return not_built("/analyze-image")
+
+
+def not_built(path: str) -> Response[ErrorBody]:
+    return error_response(501, f"{NOT_BUILT[path]} is not available in Darkroom's Chutes dialect: Darkroom generates "
+                               f"images only (use POST /chutes/generate, or /v1/jobs with init_image for edits)")

@@ -189,7 +189,16 @@ def test_queue_statistics_basic_and_detailed(stack: Stack):
     assert set(detailed) >= set(basic) | {"recent_24h", "avg_processing_time_seconds", "models", "failure_rate"}
     assert set(detailed["recent_24h"]) == {"pending", "processing", "completed", "failed", "total"}
     assert all(set(counts) == set(detailed["recent_24h"]) for counts in detailed["models"].values())
-    assert detailed["failed"] >= 1  # the cancelled job counts as failed
+    # A cancelled job counts as failed in CyberImage's statuses: cancel one while it is queued.
+    before = detailed["failed"]
+    job_id = requests.post(f"{api}/generate", json={"prompt": "cancelled before it runs", "settings": {
+        "num_images": 1, "width": 64, "height": 64, "num_inference_steps": 4}}, timeout=10).json()["job_id"]
+    assert httpx.delete(f"{stack.url}/v1/jobs/{job_id}", headers=stack.auth, timeout=10).status_code in (202, 409)
+    if requests.get(f"{api}/status/{job_id}", timeout=10).json()["status"] != "completed":  # the cancel won
+        deadline = time.monotonic() + 30
+        while requests.get(f"{api}/queue", params={"detailed": "true"}, timeout=10).json()["failed"] <= before:
+            assert time.monotonic() < deadline, "the cancelled job never counted as failed"
+            time.sleep(0.2)
 
 
 def test_gallery_pages_caps_the_limit_and_searches(stack: Stack):

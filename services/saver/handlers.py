@@ -86,10 +86,14 @@ def store_image(files: JobFiles, event: ImageGenerated) -> tuple[str | None, Ima
         removed = files.remove_images(job, created, total)
         return "job was cancelled" + (f" (removed {len(removed)} saved image(s))" if removed else ""), None, None
     if outcome == "completed":
+        doc = files.read(job)
+        if doc is not None and doc.status == "completed":  # announced already: a late or zombie copy
+            return stale_reason(doc, event) or "image already saved", None, None
         record = files.read_image_record(event.image_id, created)
         if record is None:
             return "its job completed and the image was deleted since", None, None
-        return None, record, all_images_saved(files, event, record)  # announced again (idempotent)
+        # Claimed but not announced yet (this saver died in between): announce again.
+        return None, record, all_images_saved(files, event, record)
     reason = stale_reason(files.read(job), event)
     if reason is not None:
         return reason, None, None

@@ -56,7 +56,8 @@ class ProgressReporter:
     """The `on_step` callback of one pipeline call; runs in the pipeline's thread.
 
     Publishes at most `rate` progress events a second per job (always the first and last step of
-    each phase) without waiting for the broker, a preview every `preview_every` steps, and stops
+    each phase) without waiting for the broker, a preview every `preview_every` steps (one that
+    falls due between two reports rides on the next, so the throttle never starves it), and stops
     the call when every job in it was cancelled. A job cancelled while sharing a call with others
     gets no more progress; its images are dropped when the call ends (whoever cancelled it
     announced job.cancelled).
@@ -74,6 +75,7 @@ class ProgressReporter:
         preview: Preview,
         cancelled: Callable[[str], bool],
         interrupted: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.loop = loop
         self.publish = publish
@@ -84,8 +86,10 @@ class ProgressReporter:
         self.preview = preview
         self.cancelled = cancelled
         self.interrupted = interrupted
+        self.clock = clock
         self.dropped: set[str] = set()
         self._last = float("-inf")
+        self._preview_due = False
 
     @classmethod
     def for_call(cls, slots: list[Slot], *, watch: StepWatch, settings: ProgressSettings, family: str,
@@ -107,10 +111,12 @@ class ProgressReporter:
                 self.dropped.add(slot.job_id)  # its cancel already announced it; no more progress
         if len(self.dropped) == len(self.slots):
             return True
-        now = time.monotonic()
+        if self.preview_every > 0 and (step % self.preview_every == 0 or step == total):
+            self._preview_due = True
+        now = self.clock()
         if step in (1, total) or now - self._last >= self.interval:
             self._last = now
-            with_preview = self.preview_every > 0 and (step % self.preview_every == 0 or step == total)
+            with_preview, self._preview_due = self._preview_due, False
             for slot in self.slots:
                 if slot.job_id in self.dropped:
                     continue

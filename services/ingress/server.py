@@ -8,12 +8,16 @@ ones can pin sockets forever. `GuardedProtocol` adds three limits to the same fa
   on a kept-alive connection (408);
 - the body must arrive within `body_timeout` seconds of the headers (408).
 Then the connection is closed. Idle kept-alive connections are closed by uvicorn itself.
+A request that is not valid HTTP (a malformed request line, header or content-length) is answered
+400 in the API's JSON error shape, naming what the parser refused, instead of uvicorn's plain text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 
+import httptools
 import uvicorn
 from litestar.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -21,11 +25,31 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from schemas.settings import Settings
 from services.ingress.http import head_as_get
 
+MALFORMED = "malformed HTTP request"  # the start of a protocol-level 400's message
+
 
 def _answer(status: str, message: str) -> bytes:
-    body = ('{"status":"error","message":"' + message + '"}').encode()
+    body = json.dumps({"status": "error", "message": message}).encode()
     return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\n"
             f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+class _Parser:
+    """httptools' parser, keeping the reason of its last refusal (uvicorn drops it)."""
+
+    def __init__(self, parser: httptools.HttpRequestParser) -> None:
+        self._parser = parser
+        self.refusal = ""
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.refusal = str(exc)
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._parser, name)
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -37,6 +61,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.parser = _Parser(self.parser)
         self._reading_head = True
         self._head_bytes = 0  # bytes received while a head was incomplete
         self._parsed_head = 0  # bytes of the current request's line and headers
@@ -91,6 +116,11 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             super().on_message_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what httptools cannot parse, in the API's error shape."""
+        reason = self.parser.refusal or msg
+        self._refuse("400 Bad Request", f"{MALFORMED}: {reason}")
+
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
         self._deadline = self.loop.call_later(seconds, self._expire, what, seconds)
@@ -115,15 +145,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def serve(app: ASGIApp, settings: Settings) -> None:
-    """Run `app` on uvicorn with the guarded protocol, a cap on concurrent connections, and HEAD
-    answered wherever GET is."""
+def config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for `app`: the guarded protocol, a cap on concurrent connections, and
+    HEAD answered wherever GET is."""
     protocol = type("Guarded", (GuardedProtocol,), {
         "max_header_bytes": settings.max_header_bytes,
         "header_timeout": settings.header_timeout,
         "body_timeout": settings.body_timeout,
     })
-    uvicorn.run(
+    return uvicorn.Config(
         head_as_get(app),
         host=settings.host,
         port=settings.port,
@@ -135,3 +165,8 @@ def serve(app: ASGIApp, settings: Settings) -> None:
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=5,
     )
+
+
+def serve(app: ASGIApp, settings: Settings) -> None:
+    """Run `app` under `config` until the process is told to stop."""
+    uvicorn.Server(config(app, settings)).run()

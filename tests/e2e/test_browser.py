@@ -70,6 +70,11 @@ def find(driver, css: str):
     return driver.find_element(By.CSS_SELECTOR, css)
 
 
+def click(driver, css: str) -> None:
+    """Click what `css` names, again if the page redrew it between finding and clicking (a live view)."""
+    wait(driver, lambda d: find(d, css).click() or True, what=f"a click on {css}")
+
+
 def signed_in(driver, stack: Stack) -> None:
     """Open the page and enter the key (once: it stays in localStorage)."""
     driver.get(f"{stack.url}/")
@@ -128,7 +133,7 @@ def test_submit_watch_find_open_and_delete(browser, stack: Stack, tiny_lora: Pat
     wait(browser, lambda d: "webfox" in find(d, "#lora-chosen").text, what="the LoRA chosen")
     shot(browser, "03-create")
 
-    job_id = submit_from_form(browser, prompt, size=256, steps=30)
+    job_id = submit_from_form(browser, prompt, size=256, steps=50)  # long enough to see previews arrive
     find(browser, "nav [data-view=queue]").click()
     row = f'#jobs [data-job="{job_id}"]'
     seen_steps: set[float] = set()
@@ -168,9 +173,9 @@ def test_submit_watch_find_open_and_delete(browser, stack: Stack, tiny_lora: Pat
     shot(browser, "06-gallery-search")
 
     # Its detail says how it was made; its parameters go back into the form.
-    find(browser, f"{tile} button").click()
+    click(browser, f"{tile} button")
     wait(browser, lambda d: find(d, "#detail").get_attribute("open") is not None, what="the detail dialog")
-    wait(browser, lambda d: "Seed" in find(d, "#detail-params").text and "30" in find(d, "#detail-params").text,
+    wait(browser, lambda d: "Seed" in find(d, "#detail-params").text and "50" in find(d, "#detail-params").text,
          what="the parameters")
     params = find(browser, "#detail-params").text
     assert prompt in params and "256 × 256" in params and "tiny-sd" in params
@@ -178,12 +183,12 @@ def test_submit_watch_find_open_and_delete(browser, stack: Stack, tiny_lora: Pat
     find(browser, "#detail-reuse").click()
     wait(browser, lambda d: find(d, "#create-view").is_displayed(), what="the form")
     assert find(browser, "#prompt").get_attribute("value") == prompt
-    assert find(browser, "#steps").get_attribute("value") == "30"
+    assert find(browser, "#steps").get_attribute("value") == "50"
     assert find(browser, "#width").get_attribute("value") == "256"
 
     # Delete (asks once more first).
     find(browser, "nav [data-view=gallery]").click()
-    find(browser, f"{tile} button").click()
+    click(browser, f"{tile} button")
     wait(browser, lambda d: find(d, "#detail").get_attribute("open") is not None, what="the detail dialog")
     find(browser, "#detail-delete").click()
     assert find(browser, "#detail-delete").text == "Confirm delete"
@@ -200,7 +205,7 @@ def test_cancel_a_running_job_from_the_queue(browser, stack: Stack):
     row = f'#jobs [data-job="{job_id}"]'
     wait(browser, lambda d: d.execute_script(f"return document.querySelector('{row} progress').value >= 1"),
          timeout=120, what="the job running")
-    find(browser, f"{row} .cancel").click()
+    click(browser, f"{row} .cancel")
     wait(browser, lambda d: find(d, row).get_attribute("data-status") == "cancelled", what="the job cancelled")
     assert not find(browser, f"{row} .cancel").is_displayed()
     shot(browser, "08-queue-cancelled")

@@ -4,6 +4,7 @@ a small Litestar app through `services.ingress.server.serve`, with short deadlin
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -97,4 +98,17 @@ def test_f3_a_refused_request_with_a_body_leaves_the_server_serving(server: int)
     headers = {f"x-h{i}": "v" * 20 for i in range(1000)}
     answer = httpx.post(f"http://127.0.0.1:{server}/echo", headers=headers, json={"a": 1})
     assert answer.status_code == 431
+    assert httpx.get(f"http://127.0.0.1:{server}/ping").json() == {"ok": True}
+
+
+def test_a_request_that_is_not_http_gets_a_json_400_naming_what_was_wrong(server: int) -> None:
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\ncontent-length: R43_PGK\r\n\r\n")
+        answer = _read_all(sock, 5)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {"status": "error",
+                                "message": "malformed HTTP request: Invalid character in Content-Length"}
+    # The server goes on serving.
     assert httpx.get(f"http://127.0.0.1:{server}/ping").json() == {"ok": True}

@@ -93,3 +93,24 @@ def test_a_cancelled_job_in_a_shared_call_is_dropped_the_rest_go_on():
     assert reporter.dropped == {"b"}
     cancelled.add("a")
     assert reporter(3, 4, latents, "generating") is True, "the call stops once every job in it is cancelled"
+
+
+def test_a_preview_due_between_two_throttled_reports_rides_on_the_next():
+    published = []
+
+    class Loop:
+        def call_soon_threadsafe(self, fn, event):
+            fn(event)
+
+    seconds = iter(range(100))  # one second a step
+    reporter = ProgressReporter(
+        loop=Loop(), publish=published.append, rate=1 / 3, preview_every=5, family="sd1.x",  # a report per 3 s
+        preview=preview_png, cancelled=lambda job: False, slots=[Slot("a", 1, 0, 1, 1)],
+        clock=lambda: next(seconds),
+    )
+    latents = torch.zeros(1, 4, 8, 8)
+    for step in range(1, 21):
+        reporter(step, 20, latents, "generating")
+    reported = [(e.step, e.preview is not None) for e in published]
+    # Reports at steps 1, 4, 7, ... (throttled); the previews due at 5, 10 and 15 arrive at 7, 10 and 16.
+    assert reported == [(1, False), (4, False), (7, True), (10, True), (13, False), (16, True), (19, False), (20, True)]

@@ -83,7 +83,7 @@ def add(settings: Settings, name: str, *, rabbitmq_dir: str | None = None, ingre
     base = private_broker_dir(settings, rabbitmq_dir)
     user = None
     if base is not None:
-        user, password = broker_user(name), secrets.token_urlsafe(24)
+        user, password = broker_user(name), secrets.token_hex(24)  # never a leading "-" (rabbitmqctl takes it for an option)
         try:
             rabbitmqctl(base, "delete_user", user)
         except BrokerError:

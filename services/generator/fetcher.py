@@ -36,14 +36,15 @@ _CHUNK = 1024 * 1024
 class LoraFetcher:
     """Makes the LoRAs a job names present and right in `folder`, fetching what is missing."""
 
-    def __init__(self, ingress_url: str, token: str, folder: Path, *, timeout: float = 60.0):
+    def __init__(self, ingress_url: str, token: str, folder: Path, *, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None):
         self.ingress_url = ingress_url.rstrip("/")
         self.folder = folder
         self.store = folder / STORE
         # sha256 of files found under a LoRA's name, by identity (path, inode, size, mtime).
         self.hashes: dict[tuple[str, int, int, int], str] = {}
         self.client = httpx.Client(base_url=self.ingress_url, timeout=timeout, follow_redirects=False,
-                                   headers={"Authorization": f"Bearer {token}"} if token else {})
+                                   headers={"Authorization": f"Bearer {token}"} if token else {}, transport=transport)
 
     def ensure(self, loras: tuple[LoraRef, ...]) -> None:
         for ref in loras:

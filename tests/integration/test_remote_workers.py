@@ -373,3 +373,32 @@ async def test_generators_in_other_network_namespaces_share_nothing_but_the_brok
         await stop_all(workers)
         await forwarder.close()
         await stop_all([control], timeout=60)
+
+
+def test_a_fetched_lora_that_does_not_match_its_hash_is_refused_and_not_kept(tmp_path):
+    """The worker side alone, against a fake ingress: what arrives is checked before it is used."""
+    from pipelines.errors import LoraError
+    from services.generator.fetcher import LoraFetcher
+
+    good, bad = b"the real LoRA bytes", b"something else"
+    digest = hashlib.sha256(good).hexdigest()
+    served = {"body": bad}
+    asked = []
+
+    def ingress(request: httpx.Request) -> httpx.Response:
+        asked.append((request.url.path, request.headers.get("authorization")))
+        return httpx.Response(200, content=served["body"])
+
+    folder = tmp_path / "models" / "loras"
+    fetcher = LoraFetcher("http://control:8000", "drk_token", folder, transport=httpx.MockTransport(ingress))
+    with pytest.raises(LoraError, match=f"LoRA 'fox' \\(sha256 {digest}\\) could not be fetched .* hash to"):
+        fetcher.ensure((LoraRef(name="fox", sha256=digest),))
+    assert asked == [(f"/v1/files/loras/{digest}", "Bearer drk_token")]
+    assert not (folder / "fox.safetensors").exists() and list((folder / ".sha256").iterdir()) == []
+    served["body"] = good
+    fetcher.ensure((LoraRef(name="fox", sha256=digest),))
+    assert (folder / "fox.safetensors").read_bytes() == good
+    fetcher.ensure((LoraRef(name="fox", sha256=digest),))
+    assert len(asked) == 2, "kept: not fetched again"
+    with pytest.raises(LoraError, match=r"not on this worker .* no sha256"):
+        fetcher.ensure((LoraRef(name="other"),))

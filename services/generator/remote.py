@@ -19,7 +19,14 @@ def wrap_render(render, settings: Settings, *, lora_folder: Path, cache: ModelCa
     tallied = TalliedRender(render)
 
     def describe() -> tuple[str, str, list[str]]:
-        warm = cache.warm()
+        for _ in range(3):  # the pipeline thread may be loading or evicting a model this instant
+            try:
+                warm = cache.warm()
+                break
+            except RuntimeError:
+                continue
+        else:
+            warm = []
         if not warm:
             return device, "", []
         return str(warm[-1].device), str(warm[-1].dtype).removeprefix("torch."), [m.entry.id for m in warm]

@@ -127,7 +127,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
                  if record.broker_user else " (no RabbitMQ user: the broker is not the private one; create one "
                                             "there with configure/write/read on "
                                             f"'{workers.permissions(settings.namespace)[0]}')"))
-        print("Run this on the worker host (the token and password are shown only now):")
+        print("Run this on the worker host (the token" + (" and password are" if record.broker_user else " is")
+              + " shown only now):")
         print(command)
     elif action == "revoke":
         record = workers.revoke(settings, args.name, rabbitmq_dir=args.rabbitmq_dir)

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -97,8 +98,10 @@ def add(settings: Settings, name: str, *, rabbitmq_dir: str | None = None, ingre
         port = private_broker_port(base)
         host = broker_host or _public_host(settings.broker_host)
         broker = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
-    else:
-        broker = "amqp://USER:PASSWORD@BROKER-HOST:5672/"
+    else:  # the operator's own broker: the same address, with the user they make there
+        given = urlsplit(settings.amqp_url or "amqp://BROKER-HOST:5672/")
+        where = f"{broker_host or given.hostname}" + (f":{given.port}" if given.port else "")
+        broker = f"{given.scheme}://USER:PASSWORD@{where}{given.path or '/'}"
     record = WorkerCredential(name=name, key_id=key.id, broker_user=user, created_at=datetime.now(UTC))
     _write(state, record)
     ingress = ingress_url or f"http://{_public_host(settings.host)}:{settings.port}"
@@ -163,14 +166,14 @@ def print_live(url: str | None, api_key: str | None, *, as_json: bool = False) -
     try:
         answer = httpx.get(f"{connection.url.rstrip('/')}/v1/workers", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        print(f"darkroom workers: cannot reach {connection.url}: {exc}")
+        print(f"darkroom workers: cannot reach {connection.url}: {exc}", file=sys.stderr)
         return 1
     if answer.status_code != 200:
         try:
             message = answer.json().get("message", answer.text)
         except ValueError:
             message = answer.text
-        print(f"darkroom workers: {message} (HTTP {answer.status_code})")
+        print(f"darkroom workers: {message} (HTTP {answer.status_code})", file=sys.stderr)
         return 1
     if as_json:
         print(answer.text)

@@ -72,9 +72,10 @@ class PrivateBroker:
 
     def __init__(self, base: Path, port: int = 0, name: str | None = None, host: str = "127.0.0.1"):
         self.base = base.resolve()
-        # Where it listens; clients on this machine reach it at `local_host` either way.
-        self.host = host
-        self.local_host = "127.0.0.1" if host in ("0.0.0.0", "127.0.0.1", "") else host
+        # Where it listens besides 127.0.0.1 (an interface address, or 0.0.0.0 for all): services
+        # on this machine always connect over loopback, where `guest` is allowed.
+        self.host = host or "127.0.0.1"
+        self.local_host = "127.0.0.1"
         self.port = port or free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -103,9 +104,10 @@ class PrivateBroker:
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
             "HOME": str(home),
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": self.host or "0.0.0.0",
-            "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
+            # Only in the default case: these variables would override the listeners of the config.
+            **({"RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port)}
+               if self.host == "127.0.0.1" else {}),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
@@ -126,7 +128,7 @@ class PrivateBroker:
             cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)
         (self.base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = {self.host or '0.0.0.0'}:{self.port}\n"
+            self._listeners() +
             "loopback_users.guest = true\n"
             "log.console = false\n"
             "log.file.level = warning\n"
@@ -137,6 +139,12 @@ class PrivateBroker:
         (self.base / "advanced.config").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
         (self.base / "enabled_plugins").write_text("[].\n")
+
+    def _listeners(self) -> str:
+        if self.host in ("127.0.0.1", "0.0.0.0"):
+            return f"listeners.tcp.default = {self.host}:{self.port}\n"
+        # An interface address for remote workers, and loopback for this machine's services.
+        return f"listeners.tcp.default = 127.0.0.1:{self.port}\nlisteners.tcp.workers = {self.host}:{self.port}\n"
 
     def _kill_stale(self) -> None:
         """A previous run killed without cleanup may have left its node (and epmd) running here.

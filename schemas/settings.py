@@ -46,9 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     # Port for the private broker `darkroom run` starts; 0 picks a free one.
     broker_port: int = 0
-    # Address it listens on: 127.0.0.1 keeps it to this machine; an interface address (or 0.0.0.0)
-    # lets generator workers on other hosts in, each with its own user (`darkroom workers add`;
-    # `guest` stays loopback-only).
+    # An address it also listens on (besides 127.0.0.1, which this machine's services use): an
+    # interface address (or 0.0.0.0) lets generator workers on other hosts in, each with its own
+    # user (`darkroom workers add`; `guest` stays loopback-only).
     broker_host: str = "127.0.0.1"
     # Transient progress events per job per second, at most.
     progress_rate: float = 4.0

@@ -402,3 +402,44 @@ def test_a_fetched_lora_that_does_not_match_its_hash_is_refused_and_not_kept(tmp
     assert len(asked) == 2, "kept: not fetched again"
     with pytest.raises(LoraError, match=r"not on this worker .* no sha256"):
         fetcher.ensure((LoraRef(name="other"),))
+
+
+def test_the_private_broker_lets_worker_users_in_on_its_worker_address_and_guest_only_on_loopback(tmp_path):
+    """DARKROOM_BROKER_HOST: the private broker also listens on an interface address, where a
+    worker's own user gets in (and only to its namespace's names) while `guest` is refused."""
+    from ops.broker import PrivateBroker
+
+    with namespaces(1) as [ns]:
+        broker = PrivateBroker(tmp_path / "rabbitmq", name="darkroom-workers", host=ns.host_ip).start()
+        try:
+            assert broker.url.startswith("amqp://guest:guest@127.0.0.1:"), "this machine's services use loopback"
+            rabbitmqctl(broker.base, "add_user", "w", "secret")
+            rabbitmqctl(broker.base, "set_permissions", "-p", "/", "w", *permissions("dr"))
+            probe = (
+                "import asyncio, sys, aio_pika\n"
+                "async def main(url):\n"
+                "    try:\n"
+                "        connection = await aio_pika.connect(url, timeout=10)\n"
+                "    except Exception as exc:\n"
+                "        return print('refused', type(exc).__name__)\n"
+                "    channel = await connection.channel()\n"
+                "    await channel.declare_exchange('dr.events', 'topic', durable=True)\n"
+                "    try:\n"
+                "        await channel.declare_exchange('other.events', 'topic', durable=True)\n"
+                "        print('connected; other namespace ALLOWED')\n"
+                "    except Exception as exc:\n"
+                "        print('connected; other namespace refused:', type(exc).__name__, flush=True)\n"
+                "    await connection.close()\n"
+                "asyncio.run(main(sys.argv[1]))\n"
+            )
+
+            def from_namespace(user: str) -> str:
+                url = f"amqp://{user}@{ns.host_ip}:{broker.port}/"
+                result = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", probe, url],
+                                        capture_output=True, text=True, timeout=60)
+                return result.stdout.strip().splitlines()[0] if result.stdout.strip() else result.stderr[-500:]
+
+            assert from_namespace("w:secret") == "connected; other namespace refused: ChannelAccessRefused"
+            assert from_namespace("guest:guest").startswith("refused")
+        finally:
+            broker.stop()

@@ -104,8 +104,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         batching.cancel()
         beating.cancel()
         announcing.cancel()
-        with contextlib.suppress(BrokerUnavailable):  # the ingress lists it as gone a little later instead
-            await bus.publish(presence.event(leaving=True))
+        # Goodbye, briefly: without it the ingress lists this worker as gone a little later instead.
+        with contextlib.suppress(BrokerUnavailable, TimeoutError):
+            await asyncio.wait_for(bus.publish(presence.event(leaving=True)), 2)
     worker.executor.shutdown(wait=False, cancel_futures=True)
 
 

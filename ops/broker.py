@@ -2,12 +2,14 @@
 
 Debian's `rabbitmq-server` package does not start a node by itself here, and its /usr/sbin wrapper
 switches user and writes to /var/log. We run the node directly with its own mnesia, logs, config,
-Erlang cookie, node name, distribution port and epmd port, listening on 127.0.0.1 only.
+Erlang cookie, node name, distribution port and epmd port, listening on 127.0.0.1 unless told
+otherwise (DARKROOM_BROKER_HOST, for generator workers on other hosts).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -68,8 +70,12 @@ def _epmd_binary() -> str:
 class PrivateBroker:
     """One RabbitMQ node living entirely inside `base`, reachable at `url`."""
 
-    def __init__(self, base: Path, port: int = 0, name: str | None = None):
+    def __init__(self, base: Path, port: int = 0, name: str | None = None, host: str = "127.0.0.1"):
         self.base = base.resolve()
+        # Where it listens besides 127.0.0.1 (an interface address, or 0.0.0.0 for all): services
+        # on this machine always connect over loopback, where `guest` is allowed.
+        self.host = host or "127.0.0.1"
+        self.local_host = "127.0.0.1"
         self.port = port or free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
@@ -90,7 +96,7 @@ class PrivateBroker:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        return f"amqp://guest:guest@{self.local_host}:{self.port}/"
 
     def _env(self) -> dict[str, str]:
         home = self.base / "home"
@@ -98,9 +104,10 @@ class PrivateBroker:
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
             "HOME": str(home),
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
+            # Only in the default case: these variables would override the listeners of the config.
+            **({"RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port)}
+               if self.host == "127.0.0.1" else {}),
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
@@ -121,7 +128,7 @@ class PrivateBroker:
             cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)
         (self.base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            self._listeners() +
             "loopback_users.guest = true\n"
             "log.console = false\n"
             "log.file.level = warning\n"
@@ -132,6 +139,12 @@ class PrivateBroker:
         (self.base / "advanced.config").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")
         (self.base / "enabled_plugins").write_text("[].\n")
+
+    def _listeners(self) -> str:
+        if self.host in ("127.0.0.1", "0.0.0.0"):
+            return f"listeners.tcp.default = {self.host}:{self.port}\n"
+        # An interface address for remote workers, and loopback for this machine's services.
+        return f"listeners.tcp.default = 127.0.0.1:{self.port}\nlisteners.tcp.workers = {self.host}:{self.port}\n"
 
     def _kill_stale(self) -> None:
         """A previous run killed without cleanup may have left its node (and epmd) running here.
@@ -172,7 +185,7 @@ class PrivateBroker:
         """Start the node without waiting for it (so that other work can overlap its ~8 s boot)."""
         ensure_installed()
         self._kill_stale()
-        if port_open(self.port):
+        if port_open(self.port, self.local_host):
             raise BrokerError(f"port {self.port} is already in use; choose another with DARKROOM_BROKER_PORT")
         self._write_files()
         env = self._env()
@@ -188,6 +201,9 @@ class PrivateBroker:
             [str(SERVER)], env=env, stdout=log, stderr=log, start_new_session=True, cwd=self.base
         )
         (self.base / "pids").write_text(f"{self.server.pid} {self.epmd.pid if self.epmd else ''}\n")
+        # How `rabbitmqctl` reaches this node from another process (`darkroom workers add`).
+        (self.base / "ctl.json").write_text(json.dumps({"node": self.node, "port": self.port,
+                                                        "epmd_port": self.epmd_port}))
 
     def relaunch(self) -> None:
         """Start the node again after it died (same port, name and data: queued messages survive),
@@ -204,7 +220,7 @@ class PrivateBroker:
         assert self.server is not None, "launch() first"
         env = self._env()
         deadline = time.monotonic() + timeout
-        while not port_open(self.port):
+        while not port_open(self.port, self.local_host):
             if self.server.poll() is not None:
                 self.stop()
                 raise BrokerError(f"RabbitMQ exited with code {self.server.returncode}; see {self.base / 'log'}")
@@ -253,3 +269,32 @@ class PrivateBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def rabbitmqctl(base: Path, *args: str, timeout: float = 60.0) -> str:
+    """Run `rabbitmqctl` against the private node living in `base` (started by `darkroom run` or
+    the test session); its output, or BrokerError naming what failed."""
+    base = base.resolve()
+    try:
+        ctl = json.loads((base / "ctl.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BrokerError(f"no private broker in {base} (start Darkroom with `darkroom run` first): {exc}") from None
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
+        "HOME": str(base / "home"),
+        "ERL_EPMD_PORT": str(ctl["epmd_port"]),
+        "RABBITMQ_NODENAME": ctl["node"],
+    }
+    result = subprocess.run([str(CTL), "-n", ctl["node"], "-q", *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise BrokerError(f"rabbitmqctl {args[0]} failed: {(result.stderr or result.stdout).strip()[-500:]}")
+    return result.stdout
+
+
+def private_broker_port(base: Path) -> int | None:
+    """The AMQP port of the private node in `base`, if one was started there."""
+    try:
+        return int(json.loads((base / "ctl.json").read_text())["port"])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -105,6 +105,45 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ops.workers import run_worker
+
+    run_worker(args.broker, args.ingress, args.token, args.models, args.namespace)
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from ops import workers
+
+    action = args.workers_command or "list"
+    if action == "list":
+        return workers.print_live(args.url, args.api_key, as_json=args.json)
+    settings = _settings()
+    if action == "add":
+        record, command = workers.add(settings, args.name, rabbitmq_dir=args.rabbitmq_dir, ingress_url=args.ingress,
+                                      broker_host=args.broker_host)
+        print(f"created worker {record.name!r}: key {record.key_id}"
+              + (f", RabbitMQ user {record.broker_user!r} (permissions: {settings.namespace}.* only)"
+                 if record.broker_user else " (no RabbitMQ user: the broker is not the private one; create one "
+                                            "there with configure/write/read on "
+                                            f"'{workers.permissions(settings.namespace)[0]}')"))
+        print("Run this on the worker host (the token" + (" and password are" if record.broker_user else " is")
+              + " shown only now):")
+        print(command)
+    elif action == "revoke":
+        record = workers.revoke(settings, args.name, rabbitmq_dir=args.rabbitmq_dir)
+        print(f"revoked worker {record.name!r} (key {record.key_id}"
+              + (f", RabbitMQ user {record.broker_user!r} deleted)" if record.broker_user else ")"))
+    else:
+        listed = workers.load_all(settings.data_path / "state")
+        for r in listed:
+            state = f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "active"
+            print(f"{r.name:20}  key {r.key_id}  {r.broker_user or '-':32}  {state}")
+        if not listed:
+            print("no worker credentials yet: `darkroom workers add NAME`")
+    return 0
+
+
 def cmd_analytics(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -240,6 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                         help="wait up to this long for the jobs that use it to end")
     remove.set_defaults(func=cmd_models)
+    worker = sub.add_parser("worker", help="run a generator on this host for a Darkroom elsewhere (shares only the broker)")
+    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS")
+    worker.add_argument("--ingress", help="the control node's API, for LoRA files (DARKROOM_INGRESS_URL)")
+    worker.add_argument("--token", help="the worker key from `darkroom workers add` (DARKROOM_WORKER_TOKEN)")
+    worker.add_argument("--models", help="this worker's own folder: models/ and fetched LoRAs (DARKROOM_DATA_DIR)")
+    worker.add_argument("--namespace", help="the installation's namespace if not `darkroom` (DARKROOM_NAMESPACE)")
+    worker.set_defaults(func=cmd_worker)
+    workers = sub.add_parser("workers", help="list generator workers (admin), add or revoke worker credentials")
+    workers.add_argument("--url", help="the API (default: DARKROOM_URL, then the client config)")
+    workers.add_argument("--api-key", help="an admin key (default: DARKROOM_API_KEY, then the client config)")
+    workers.add_argument("--json", action="store_true", help="list as JSON")
+    workers.set_defaults(func=cmd_workers, workers_command=None)
+    workers_sub = workers.add_subparsers(dest="workers_command")
+    add = workers_sub.add_parser("add", help="a credential for a worker host; prints the command to run there")
+    add.add_argument("name", help="the worker's name: lowercase letters, digits, dashes")
+    add.add_argument("--ingress", help="the API URL as the worker host reaches it (default: from DARKROOM_HOST/PORT)")
+    add.add_argument("--broker-host", help="the broker's address as the worker host reaches it "
+                                           "(default: DARKROOM_BROKER_HOST, or this host's name)")
+    add.add_argument("--rabbitmq-dir", help="the private broker's folder (default: <data dir>/rabbitmq)")
+    add.set_defaults(func=cmd_workers)
+    revoke_worker = workers_sub.add_parser("revoke", help="revoke a worker's key and delete its RabbitMQ user")
+    revoke_worker.add_argument("name")
+    revoke_worker.add_argument("--rabbitmq-dir", help="the private broker's folder (default: <data dir>/rabbitmq)")
+    revoke_worker.set_defaults(func=cmd_workers)
+    workers_sub.add_parser("credentials", help="the worker credentials made here").set_defaults(func=cmd_workers)
+    workers_sub.add_parser("list", help="workers heard from (the default)").set_defaults(func=cmd_workers)
     schema = sub.add_parser("schema", help="print the JSON Schema of every event and command")
     schema.add_argument("--asyncapi", action="store_true", help="the AsyncAPI 3 document of the AMQP contract instead")
     schema.set_defaults(func=cmd_schema)

@@ -38,7 +38,7 @@ def _check_rate(rate: object) -> None:
 
 
 def create(state_dir: Path, name: str, *, admin: bool = False, rate: str | None = None,
-           daily_images: int | None = None, queued_jobs: int | None = None) -> tuple[ApiKey, str]:
+           daily_images: int | None = None, queued_jobs: int | None = None, worker: bool = False) -> tuple[ApiKey, str]:
     """A new key and its token (the only time the token exists in the clear)."""
     if not name.strip():
         raise SystemExit("a key needs a --name (say who or what uses it)")
@@ -46,7 +46,7 @@ def create(state_dir: Path, name: str, *, admin: bool = False, rate: str | None 
     token, key_id, secret = new_token()
     from schemas.keys import hash_secret
 
-    key = ApiKey(id=key_id, name=name.strip(), secret_sha256=hash_secret(secret), admin=admin,
+    key = ApiKey(id=key_id, name=name.strip(), secret_sha256=hash_secret(secret), admin=admin, worker=worker,
                  created_at=datetime.now(UTC), rate=rate, daily_images=daily_images, queued_jobs=queued_jobs,
                  webhook_secret=new_webhook_secret())
     _write(keys_dir(state_dir), key)
@@ -90,4 +90,4 @@ def update(state_dir: Path, key_id: str, **limits: object) -> ApiKey:
 def describe(key: ApiKey) -> str:
     limits = ", ".join(f"{n}={getattr(key, n)}" for n in ("rate", "daily_images", "queued_jobs") if getattr(key, n) is not None)
     state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
-    return f"{key.id}  {key.name:24}  {'admin' if key.admin else 'user':5}  {state:22}  {limits or 'default limits'}"
+    return f"{key.id}  {key.name:24}  {'admin' if key.admin else 'worker' if key.worker else 'user':6}  {state:22}  {limits or 'default limits'}"

@@ -113,7 +113,7 @@ class BrokerWatch:
     def check(self) -> None:
         now = time.monotonic()
         if self.broker.alive:
-            if self.down_since is not None and port_open(self.broker.port):
+            if self.down_since is not None and port_open(self.broker.port, self.broker.local_host):
                 log.info("broker is back", seconds_down=round(now - self.down_since, 1), restarts=self.restarts)
                 self.down_since = None
             if self.restarts and self.down_since is None and now - self.started_at > 60:
@@ -164,7 +164,7 @@ def run(settings: Settings) -> int:
     first_key = _first_admin_key(settings, data)
     started = time.monotonic()
     env = {**os.environ, "DARKROOM_DATA_DIR": str(data)}
-    broker = PrivateBroker(data / "rabbitmq", settings.broker_port) if not settings.amqp_url else None
+    broker = PrivateBroker(data / "rabbitmq", settings.broker_port, host=settings.broker_host) if not settings.amqp_url else None
     if broker is not None:
         env["DARKROOM_AMQP_URL"] = broker.url
     supervisor = Supervisor(settings, env)

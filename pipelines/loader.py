@@ -183,6 +183,10 @@ class ModelCache:
         self._models[entry.id] = model
         return model, evicted
 
+    def warm(self) -> list[LoadedModel]:
+        """The models loaded now, least recently used first."""
+        return list(self._models.values())
+
     def drop(self, model_id: str) -> LoadedModel | None:
         """Forget a warm model (its files were removed); returns it, or None when it was not warm."""
         model = self._models.pop(model_id, None)

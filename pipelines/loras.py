@@ -24,8 +24,10 @@ def find_lora(folder: Path, name: str) -> Path:
 
 
 def adapter_name(path: Path) -> str:
-    # peft adapter names become module attribute names: keep them plain and unique per file.
-    return "lora_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    # peft adapter names become module attribute names: keep them plain and unique per file. The
+    # real file counts (a remote worker's `<name>.safetensors` links to its content-addressed
+    # copy, so a LoRA whose content changed under the same name is a new adapter).
+    return "lora_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager

@@ -248,6 +248,29 @@ class WorkerHeartbeat(Event, tag=t.WORKER_HEARTBEAT, kw_only=True):
     attempt: int = 1
 
 
+class WorkerPresence(Event, tag=t.WORKER_PRESENCE, kw_only=True):
+    """A generator worker is up (transient, every `interval` seconds; job_id is null): where it
+    runs, on what, which models it keeps warm and how busy it was. The last one, sent as it shuts
+    down, says `leaving`. The ingress keeps the live set (GET /v1/workers)."""
+
+    job_id: str | None = None
+    worker: str
+    host: str
+    device: str
+    dtype: str
+    # Model ids warm in its memory, most recently used last.
+    models: tuple[str, ...] = ()
+    max_batch: int
+    # Share of the last interval its pipeline thread spent generating (0 to 1).
+    busy: float = 0.0
+    # Jobs whose images it generated since it started.
+    jobs_done: int = 0
+    started_at: datetime
+    # Seconds until the next one: a worker silent for 3 intervals is gone.
+    interval: float
+    leaving: bool = False
+
+
 class WebhookDelivered(Event, tag=t.WEBHOOK_DELIVERED, kw_only=True):
     """The notifier POSTed the job's document to its webhook for `for_event` and got a 2xx."""
 
@@ -294,6 +317,7 @@ AnyEvent = (
     | ImageDeleted
     | ImageExpired
     | WorkerHeartbeat
+    | WorkerPresence
     | WebhookDelivered
     | WebhookFailed
 )
@@ -301,7 +325,7 @@ AnyEvent = (
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
 
 # Events that may be lost without harm: published without confirms, not persisted.
-TRANSIENT_EVENTS: tuple[type[Event], ...] = (JobProgressed, WorkerHeartbeat, ModelPullProgressed)
+TRANSIENT_EVENTS: tuple[type[Event], ...] = (JobProgressed, WorkerHeartbeat, WorkerPresence, ModelPullProgressed)
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

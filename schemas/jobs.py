@@ -56,6 +56,8 @@ class LoraRef(msgspec.Struct, frozen=True):
 
     name: str
     weight: float = 1.0
+    # The file's content hash when the job was accepted: remote workers fetch and check it by this.
+    sha256: str | None = None
 
 
 class Applied(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

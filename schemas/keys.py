@@ -26,6 +26,9 @@ class ApiKey(msgspec.Struct, kw_only=True):
     name: str
     secret_sha256: str
     admin: bool = False
+    # A generator worker's key (`darkroom workers add`): it may fetch files by hash
+    # (GET /v1/files/...) and nothing else.
+    worker: bool = False
     created_at: datetime
     revoked_at: datetime | None = None
     # Overrides: generation requests per period ("100/hour"), images per UTC day, queued jobs.

@@ -46,6 +46,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     # Port for the private broker `darkroom run` starts; 0 picks a free one.
     broker_port: int = 0
+    # An address it also listens on (besides 127.0.0.1, which this machine's services use): an
+    # interface address (or 0.0.0.0) lets generator workers on other hosts in, each with its own
+    # user (`darkroom workers add`; `guest` stays loopback-only).
+    broker_host: str = "127.0.0.1"
     # Transient progress events per job per second, at most.
     progress_rate: float = 4.0
     # A preview image every this many steps (0: none).
@@ -122,6 +126,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_keepalive: float = 15.0
     # Disk space the models stage leaves free: a pull that would eat into it is refused up front.
     models_disk_reserve: int = 1024**3
+    # Remote generator workers (`darkroom worker`): the control node's ingress, from which a
+    # worker fetches the LoRA files its jobs name, by sha256 (empty: LoRAs come from this data
+    # directory's models/loras, as on the control node); the worker key it sends; and how often
+    # every generator announces itself (worker.presence, listed by GET /v1/workers).
+    ingress_url: str = ""
+    worker_token: str = ""
+    presence_interval: float = 10.0
 
     @property
     def service_list(self) -> tuple[str, ...]:

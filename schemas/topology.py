@@ -39,6 +39,8 @@ IMAGE_SAVED = "image.saved"
 IMAGE_DELETED = "image.deleted"
 IMAGE_EXPIRED = "image.expired"
 WORKER_HEARTBEAT = "worker.heartbeat"
+# A generator worker says it is up, where, on what and how busy (periodic, transient; not per job).
+WORKER_PRESENCE = "worker.presence"
 WEBHOOK_DELIVERED = "webhook.delivered"
 WEBHOOK_FAILED = "webhook.failed"
 

@@ -23,16 +23,22 @@ def plain_logs() -> None:
 
 
 @pytest.fixture(scope="session")
-def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real RabbitMQ for the whole session: ours, on a free loopback port (or DARKROOM_TEST_AMQP_URL)."""
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker | None]:
+    """The session's own RabbitMQ node, on a free loopback port; None with DARKROOM_TEST_AMQP_URL."""
     if os.environ.get("DARKROOM_TEST_AMQP_URL"):
-        yield os.environ["DARKROOM_TEST_AMQP_URL"]
+        yield None
         return
     broker = PrivateBroker(tmp_path_factory.mktemp("rabbitmq"), name="darkroom-test").start()
     try:
-        yield broker.url
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(private_broker: PrivateBroker | None) -> str:
+    """A real RabbitMQ for the whole session: ours (or DARKROOM_TEST_AMQP_URL)."""
+    return private_broker.url if private_broker is not None else os.environ["DARKROOM_TEST_AMQP_URL"]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from functools import partial
@@ -18,10 +19,11 @@ from schemas.catalog import TINY_MODEL_ID
 from schemas.events import GenerateImages, ModelLoaded
 from schemas.settings import Settings
 from services import runtime
-from services.bus import command_decoder, delivery_count
+from services.bus import BrokerUnavailable, command_decoder, delivery_count
 from services.generator import faults
 from services.generator.handlers import fail_job, follow_catalog, follow_job, generate_images
 from services.generator.progress import ProgressSettings
+from services.generator.remote import wrap_render
 from services.generator.render import Renderer
 from services.generator.worker import Options, Worker
 
@@ -51,13 +53,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             progress=ProgressSettings(rate=settings.progress_rate, preview_every=settings.preview_every),
             fault=faults.from_environment(os.environ),
         )
+        worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        render, presence = wrap_render(render, settings, lora_folder=runtime.layout(settings).loras_dir, cache=cache,
+                                       worker_id=worker_id, device=str(resolve_device(settings.device)))
         options = Options(
             max_batch=settings.max_batch, max_attempts=settings.max_attempts,
             heartbeat_interval=settings.heartbeat_interval,
         )
         worker = Worker(
             bus=bus, catalog=catalog, cache=cache, render=render,
-            worker_id=f"{socket.gethostname()}-{os.getpid()}", options=options,
+            worker_id=worker_id, options=options,
         )
 
         async def generate(command: GenerateImages) -> None:
@@ -66,6 +71,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
         batching = asyncio.create_task(worker.batcher.run())
         beating = asyncio.create_task(worker.heartbeats())
+        announcing = asyncio.create_task(presence.announce(bus.publish_soon))
         if warm is not None:
             await bus.publish(ModelLoaded(
                 model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
@@ -97,6 +103,10 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         await worker.stop(settings.shutdown_grace)
         batching.cancel()
         beating.cancel()
+        announcing.cancel()
+        # Goodbye, briefly: without it the ingress lists this worker as gone a little later instead.
+        with contextlib.suppress(BrokerUnavailable, TimeoutError):
+            await asyncio.wait_for(bus.publish(presence.event(leaving=True)), 2)
     worker.executor.shutdown(wait=False, cancel_futures=True)
 
 

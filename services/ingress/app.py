@@ -32,6 +32,7 @@ from services.ingress.mcp import HttpMount
 from services.ingress.metering import request_recorder, timing_middleware
 from services.ingress.routes import DEPENDENCIES, ROUTES
 from services.ingress.web import WEB_ROUTES, docs_plugin
+from services.ingress.workers import WorkerBoard
 from services.library import LoraLibrary
 from services.metrics import Meter
 from services.readside import ReadSide
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> Litestar:
         "live": None,  # live events for SSE and WebSocket, once the lifespan started following them
         "asyncapi": asyncapi_json(),
         "meter": meter,
+        "workers": WorkerBoard(),  # generator workers heard from (GET /v1/workers)
     })
     # Documents staged by an ingress that was killed mid-request: their jobs were never accepted.
     sweep_temp_files([layout.staging_dir])
@@ -102,7 +104,8 @@ def create_app(settings: Settings) -> Litestar:
         live = app.state.live = Live(layout, observe=meter.observe)
         background = [connecting, asyncio.create_task(readside.follow()),
                       asyncio.create_task(app.state.library.follow()),
-                      asyncio.create_task(live.follow_bus(lambda: link.bus))]
+                      asyncio.create_task(live.follow_bus(lambda: link.bus)),
+                      asyncio.create_task(app.state.workers.follow_bus(lambda: link.bus))]
         if settings.image_ttl > 0:
             log.info("retention janitor on", image_ttl_seconds=settings.image_ttl)
             background.append(asyncio.create_task(readside.run_janitor(lambda: link.bus)))

@@ -43,9 +43,17 @@ class Principal:
     def may_see(self, owner: str | None) -> bool:
         return self.admin or owner == self.owner
 
+    @property
+    def worker(self) -> bool:
+        return self.key is not None and self.key.worker
+
     def require_admin(self) -> None:
         if not self.admin:
             raise Forbidden("this needs an admin key")
+
+    def require_worker_or_admin(self) -> None:
+        if not (self.admin or self.worker):
+            raise Forbidden("this needs a worker key (`darkroom workers add`) or an admin key")
 
 
 class _Cached(msgspec.Struct):
@@ -103,13 +111,21 @@ class KeyStore:
         return len(list(self.folder.glob("*.json"))) if self.folder.is_dir() else 0
 
 
-def authenticate(settings: Settings, keys: KeyStore, token: str | None, ip: str) -> Principal:
-    """The caller: anonymous when auth is off, else the key `token` names (401 without one)."""
+def authenticate(settings: Settings, keys: KeyStore, token: str | None, ip: str, *,
+                 allow_worker: bool = False) -> Principal:
+    """The caller: anonymous when auth is off, else the key `token` names (401 without one).
+
+    A worker key (`darkroom workers add`) is good only where `allow_worker` says so (fetching
+    files by hash); anywhere else it is refused (403), so a worker host's credential can neither
+    submit jobs nor read anyone's."""
     if settings.auth == "off":
         return Principal(key=None, ip=ip)
     if not token:
         raise Unauthenticated("missing API key: send Authorization: Bearer <token> or X-API-Key: <token>")
-    return Principal(key=keys.verify(token), ip=ip)
+    key = keys.verify(token)
+    if key.worker and not allow_worker:
+        raise Forbidden("a worker key may only fetch files (GET /v1/files/...)")
+    return Principal(key=key, ip=ip)
 
 
 def token_from(headers) -> str | None:

@@ -24,6 +24,7 @@ from schemas.settings import Settings
 from services.ingress.auth import Principal
 from services.ingress.domain.errors import Invalid
 from services.ingress.images import InputImage, decode_base64, load_image
+from services.library.hashes import lora_hashes
 from services.library.metadata import file_base
 
 MAX_IMAGES = 8
@@ -232,5 +233,10 @@ def _loras(request: JobRequest, folder: Path, entry: ModelEntry) -> tuple[LoraRe
         if base != "unknown" and wanted is not None and base != wanted:
             raise _bad(f"loras[{index}].name: LoRA {path.stem!r} is for {base} models; model {entry.id!r} "
                        f"is {entry.family} ({wanted})")
-        refs.append(LoraRef(name=path.stem, weight=lora.weight))
+        # Its content hash goes with the job: a worker on another host fetches exactly this file.
+        try:
+            digest = lora_hashes.sha256(path)
+        except OSError:
+            raise _bad(f"loras[{index}].name: LoRA {path.stem!r} could not be read") from None
+        refs.append(LoraRef(name=path.stem, weight=lora.weight, sha256=digest))
     return tuple(refs)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from schemas.events import Event, JobProgressed
+from schemas.events import Event, JobProgressed, WorkerPresence
 from schemas.jobs import TERMINAL_STATUSES, JobDocument
 from schemas.layout import DataLayout
 from schemas.lifecycle import apply_event
@@ -55,7 +55,10 @@ class Recorder:
         and the caller retries the same batch: events already logged are not logged twice, and
         documents catch up from `_unapplied`.
         """
-        fresh = [event for event in events if event.event_id not in self._recent_set]
+        # Workers' presence is a live signal about no job (every few seconds from every worker):
+        # the ingress keeps the current set; the log would only fill with it.
+        fresh = [event for event in events
+                 if event.event_id not in self._recent_set and not isinstance(event, WorkerPresence)]
         self.log.append(log_line(event) for event in fresh)
         for event in fresh:
             self._remember(event.event_id)

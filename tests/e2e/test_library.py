@@ -4,6 +4,7 @@ LLM configured for the enricher: a fake OpenAI-compatible server on loopback."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import shutil
@@ -128,7 +129,9 @@ def test_a_job_in_a_session_uses_its_loras_and_equals_the_explicit_job(library_s
             "loras": [{"name": "fox", "weight": 1.0}]}).json())
         base = _finished(client, client.post("/v1/jobs", json={
             **job, "settings": {**job["settings"], "guidance_scale": 5.0}}).json())
-        assert in_session["loras"] == [{"name": "fox", "weight": 1.0}]
+        # The job names the LoRA's content too (remote workers fetch it by this hash).
+        fox_sha256 = hashlib.sha256(tiny_lora.read_bytes()).hexdigest()
+        assert in_session["loras"] == [{"name": "fox", "weight": 1.0, "sha256": fox_sha256}]
         assert in_session["applied"] == {"session": "space1",
                                          "fields": {"settings.guidance_scale": "session", "loras.fox": "session"}}
         session_px, explicit_px, base_px = (_pixels(client, d) for d in (in_session, explicit, base))

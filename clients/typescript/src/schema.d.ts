@@ -557,6 +557,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/files/loras/{sha256}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A LoRA file by its sha256 (worker or admin keys) */
+        get: operations["V1FilesLorasSha256Lora"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/workers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Generator workers heard from (admin) */
+        get: operations["V1WorkersWorkers"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/openai/v1/images/edits": {
         parameters: {
             query?: never;
@@ -2304,6 +2338,7 @@ export interface components {
             name: string;
             /** @default 1 */
             weight?: number;
+            sha256?: string | null;
         };
         /** LoraSummary */
         LoraSummary: {
@@ -3031,6 +3066,27 @@ export interface components {
             delivered?: number;
             /** @default 0 */
             failed?: number;
+        };
+        /** WorkerInfo */
+        WorkerInfo: {
+            id: string;
+            host: string;
+            device: string;
+            dtype: string;
+            models: string[];
+            max_batch: number;
+            busy: number;
+            jobs_done: number;
+            /** Format: date-time */
+            started_at: string;
+            /** Format: date-time */
+            last_seen_at: string;
+            /** @enum {string} */
+            status: "up" | "gone";
+        };
+        /** WorkerList */
+        WorkerList: {
+            workers: components["schemas"]["WorkerInfo"][];
         };
         /** GenerationAnswer */
         a1111_types_GenerationAnswer: {
@@ -5465,6 +5521,117 @@ export interface operations {
             };
             /** @description No such id for this key (another tenant's ids are 404 too) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    V1FilesLorasSha256Lora: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sha256: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description File Download */
+            200: {
+                headers: {
+                    /** @description File size in bytes */
+                    "content-length"?: string;
+                    /** @description Last modified data-time in RFC 2822 format */
+                    "last-modified"?: string;
+                    /** @description Entity tag */
+                    etag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /** @description A field is wrong; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No API key, or an invalid or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The route needs an admin key */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such id for this key (another tenant's ids are 404 too) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The broker or the data directory is unavailable; nothing was changed; see Retry-After */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    V1WorkersWorkers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerList"];
+                };
+            };
+            /** @description No API key, or an invalid or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The route needs an admin key */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

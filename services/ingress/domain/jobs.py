@@ -62,8 +62,10 @@ async def submit_job(request: JobRequest, principal: Principal, *, bus: BusLink,
     layered_request, applied = request, None
     if request.session is not None or request.preset is not None:  # their files are read off the loop
         layered_request, applied = await asyncio.to_thread(apply_layers, request, principal, layout)
-    if request.init_image is not None or request.mask_image is not None or request.init_image_id is not None:
-        # Decoding and re-encoding input images takes milliseconds: never on the event loop.
+    if (request.init_image is not None or request.mask_image is not None or request.init_image_id is not None
+            or layered_request.loras):
+        # Decoding and re-encoding input images takes milliseconds, hashing a new LoRA file more:
+        # never on the event loop.
         resolved = await asyncio.to_thread(resolve_job, layered_request, catalog, settings, layout, principal)
     else:
         resolved = resolve_job(layered_request, catalog, settings, layout, principal)

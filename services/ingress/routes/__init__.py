@@ -16,10 +16,12 @@ from services.ingress.routes.prompts import EnrichRoutes
 from services.ingress.routes.queue import QueueRoutes
 from services.ingress.routes.service import ServiceRoutes
 from services.ingress.routes.sessions import SessionRoutes
+from services.ingress.routes.workers import WorkerFileRoutes, WorkerRoutes
 from services.ingress.routes.ws import live_socket
 
 ROUTES = [JobRoutes, ImageRoutes, GalleryRoutes, QueueRoutes, ModelRoutes, QuotaRoutes, EnrichRoutes, OpsRoutes,
           ServiceRoutes, EventRoutes, ContractRoutes, live_socket]
 ROUTES += [LoraRoutes, SessionRoutes, PresetRoutes]  # the users' library
+ROUTES += [WorkerFileRoutes, WorkerRoutes]  # remote generator workers
 
 __all__ = ["DEPENDENCIES", "ROUTES"]

@@ -15,7 +15,7 @@ from schemas.catalog import Catalog
 from schemas.layout import DataLayout
 from schemas.settings import Settings
 from services.ingress.auth import KeyStore, Principal, authenticate, token_from
-from services.ingress.domain.errors import Unauthenticated, Unavailable
+from services.ingress.domain.errors import Forbidden, Unauthenticated, Unavailable
 from services.ingress.domain.files import JobFiles
 from services.ingress.domain.links import BusLink
 from services.ingress.idempotency import IdempotencyStore
@@ -78,13 +78,22 @@ async def provide_principal(request: Request, config: NamedDependency[Settings],
     return authenticate(config, keys, token_from(request.headers), ip)
 
 
+async def provide_file_reader(request: Request, config: NamedDependency[Settings],
+                              keys: NamedDependency[KeyStore]) -> Principal:
+    """The caller of a route for generator workers: a worker key or an admin key (403 otherwise)."""
+    ip = request.client.host if request.client else "unknown"
+    principal = authenticate(config, keys, token_from(request.headers), ip, allow_worker=True)
+    principal.require_worker_or_admin()
+    return principal
+
+
 async def provide_viewer(request: Request, config: NamedDependency[Settings],
                          keys: NamedDependency[KeyStore]) -> Principal | None:
     """The caller if it sent a valid key (or auth is off), else None: for public routes that show
     more to admins."""
     try:
         return await provide_principal(request, config, keys)
-    except Unauthenticated:
+    except (Unauthenticated, Forbidden):  # no key, a bad one, or a worker's: shown the public view
         return None
 
 
@@ -96,10 +105,12 @@ DEPENDENCIES = {
     "readside_if_open": Provide(provide_readside_if_open, sync_to_thread=False),
     "principal": Provide(provide_principal),
     "viewer": Provide(provide_viewer),
+    "file_reader": Provide(provide_file_reader),
 }
 
 Caller = NamedDependency[Principal]
 Viewer = NamedDependency[Principal | None]
+FileReader = NamedDependency[Principal]
 BusDep = NamedDependency[BusLink]
 FilesDep = NamedDependency[JobFiles]
 ReadSideDep = NamedDependency[ReadSide]

@@ -1,0 +1,445 @@
+"""Generators on other hosts, sharing nothing with the control node but the broker.
+
+The test makes two network namespaces, each joined to this host by a veth pair on a private
+/30 of 10.213.x.0 (never any other address), and runs one generator in each (in its own UTS
+namespace, so each has its own host name) with its own EMPTY folder. The control node
+(`darkroom run` without a generator, on this test's private broker) is reachable from the
+namespaces only through small TCP forwarders bound to the veth host addresses. Each worker gets
+its credential from `darkroom workers add` and runs the command that prints. Jobs with an init
+image and a LoRA must complete on both workers, each fetching the LoRA by its sha256 into its own
+folder, and GET /v1/workers must list both.
+
+It needs root and `ip` (CI runs as root): without them it fails, saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from ops.broker import free_port, rabbitmqctl
+from ops.workers import permissions
+from schemas.events import GenerateImages, JobFailed
+from schemas.jobs import GenerationSettings, JobSpec, LoraRef
+from tests.support import eventually, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+JOBS = 4
+
+
+@dataclass
+class Namespace:
+    name: str
+    host_if: str
+    host_ip: str
+    ns_ip: str
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    assert result.returncode == 0, f"ip {' '.join(args)}: {result.stderr.strip()}"
+
+
+@contextlib.contextmanager
+def namespaces(count: int) -> Iterator[list[Namespace]]:
+    """`count` network namespaces, each with a veth pair on its own /30 of 10.213.<x>.0/24;
+    removed again whatever happens."""
+    assert os.geteuid() == 0 and shutil.which("ip") and shutil.which("unshare"), (
+        "this test makes network namespaces: it needs root, `ip` (iproute2) and `unshare` (util-linux)")
+    tag, third = secrets.token_hex(3), 1 + secrets.randbelow(254)
+    made: list[Namespace] = []
+    try:
+        for i in range(count):
+            ns = Namespace(name=f"drk{tag}{i}", host_if=f"drk{tag}h{i}", host_ip=f"10.213.{third}.{4 * i + 1}",
+                           ns_ip=f"10.213.{third}.{4 * i + 2}")
+            _ip("netns", "add", ns.name)
+            made.append(ns)
+            _ip("link", "add", ns.host_if, "type", "veth", "peer", "name", f"drk{tag}n{i}")
+            _ip("link", "set", f"drk{tag}n{i}", "netns", ns.name)
+            _ip("addr", "add", f"{ns.host_ip}/30", "dev", ns.host_if)
+            _ip("link", "set", ns.host_if, "up")
+            _ip("-n", ns.name, "addr", "add", f"{ns.ns_ip}/30", "dev", f"drk{tag}n{i}")
+            _ip("-n", ns.name, "link", "set", f"drk{tag}n{i}", "up")
+            _ip("-n", ns.name, "link", "set", "lo", "up")
+        yield made
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "link", "del", ns.host_if], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
+
+
+class Forwarder:
+    """TCP from `listen_host:port` to 127.0.0.1:`target` (the broker and the API listen on loopback)."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def add(self, listen_host: str, port: int, target: int) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+            except OSError:
+                writer.close()
+                return
+            self.writers |= {writer, up_writer}
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            self.writers -= {writer, up_writer}
+
+        self.servers.append(await asyncio.start_server(handle, listen_host, port))
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for writer in list(self.writers):
+            writer.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+
+def darkroom_command() -> list[str]:
+    script = Path(sys.executable).with_name("darkroom")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ops.cli"]
+
+
+def created_token(output: str) -> str:
+    found = re.search(r"\bdrk_[0-9a-f]+_[A-Za-z0-9_-]+", output)
+    assert found, f"no token in {output!r}"
+    return found.group(0)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    return env | {"DARKROOM_LOG_FORMAT": "json"} | extra
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A `darkroom` command, off the event loop (the forwarders run on it)."""
+    return await asyncio.to_thread(subprocess.run, [*darkroom_command(), *args], env=env, capture_output=True,
+                                   text=True, timeout=60)
+
+
+async def stop_all(processes: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM, then wait without blocking the event loop (the forwarders run on it); SIGKILL late ones."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(AssertionError):
+        await wait_for(lambda: all(p.poll() is not None for p in processes), timeout=timeout, interval=0.1)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+
+
+def png_base64(size: int = 64) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 90, 30)).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def job_starts(data_dir: Path) -> dict[str, set[str]]:
+    """job id -> the workers that started it, from the control node's event log."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((data_dir / "events").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event["type"] == "job.started":
+                found.setdefault(event["job_id"], set()).add(event["worker"])
+    return found
+
+
+async def test_generators_in_other_network_namespaces_share_nothing_but_the_broker(
+        settings, private_broker, tiny_model, tiny_lora, tmp_path, bus, tap):
+    if private_broker is None:
+        pytest.fail("this test makes RabbitMQ users with rabbitmqctl: run it on the session's private broker "
+                    "(unset DARKROOM_TEST_AMQP_URL)")
+    started = time.monotonic()
+    data_dir = Path(settings.data_dir)
+    shutil.copytree(tiny_model, data_dir / "models" / "tiny-sd")
+    (data_dir / "models" / "loras").mkdir(parents=True)
+    shutil.copy(tiny_lora, data_dir / "models" / "loras" / "fox.safetensors")
+    lora_sha256 = hashlib.sha256(tiny_lora.read_bytes()).hexdigest()
+    port = free_port()
+    broker_port = private_broker.port
+    control_env = clean_env(
+        DARKROOM_DATA_DIR=str(data_dir), DARKROOM_AMQP_URL=settings.amqp_url, DARKROOM_NAMESPACE=settings.namespace,
+        DARKROOM_PORT=str(port), DARKROOM_CONFIG_PATH=str(data_dir / "darkroom.toml"),
+        DARKROOM_SERVICES="recorder,saver,enricher,reaper,ingress",
+    )
+    darkroom = darkroom_command()
+    control = spawn([*darkroom, "run"], control_env, tmp_path / "control.log")
+    workers: list[subprocess.Popen] = []
+    forwarder = Forwarder()
+    api = f"http://127.0.0.1:{port}"
+    try:
+        with namespaces(2) as spaces:
+            first_key = data_dir / "state" / "first-admin-key"
+
+            async def healthy() -> bool:
+                assert control.poll() is None, (tmp_path / "control.log").read_text()[-3000:]
+                try:
+                    async with httpx.AsyncClient() as http:
+                        # `degraded`: up, with no generator consuming yet (they are on other hosts).
+                        return (await http.get(f"{api}/health", timeout=1)).json().get("status") == "degraded"
+                except (httpx.HTTPError, ValueError):
+                    return False
+
+            await eventually(healthy, timeout=90, interval=0.25, what="the control node to answer")
+            admin = {"Authorization": f"Bearer {first_key.read_text().strip()}"}
+            # The namespaces reach the broker and the API only through their veth host address.
+            for ns in spaces:
+                await forwarder.add(ns.host_ip, broker_port, broker_port)
+                await forwarder.add(ns.host_ip, port, port)
+            # One credential per worker host, made as an operator would, and the command it prints.
+            commands = {}
+            for index, ns in enumerate(spaces):
+                name = f"w{index}"
+                made = await cli(["workers", "add", name, "--rabbitmq-dir", str(private_broker.base),
+                                  "--ingress", f"http://{ns.host_ip}:{port}", "--broker-host", ns.host_ip], control_env)
+                assert made.returncode == 0, made.stderr
+                assert f"RabbitMQ user 'darkroom-worker-{name}'" in made.stdout, made.stdout
+                [line] = [x for x in made.stdout.splitlines() if x.startswith("darkroom worker ")]
+                assert f"@{ns.host_ip}:{broker_port}/" in line and f"--namespace {settings.namespace}" in line
+                commands[name] = shlex.split(line)[1:]  # after `darkroom`
+            # Its RabbitMQ user may configure, write and read this namespace's names and nothing else.
+            granted = rabbitmqctl(private_broker.base, "list_user_permissions", "darkroom-worker-w0")
+            assert "\t".join(["/", *permissions(settings.namespace)]) in granted, granted
+            # Each worker: its own network namespace and host name, its own empty folder, nothing else.
+            folders = {}
+            for index, ns in enumerate(spaces):
+                name = f"w{index}"
+                home = tmp_path / f"host-{name}"
+                home.mkdir()
+                folders[name] = home / "darkroom-worker"
+                inner = shlex.join([*darkroom, *commands[name]])
+                worker_env = clean_env(DARKROOM_PRESENCE_INTERVAL="1", DARKROOM_TORCH_THREADS="1",
+                                       DARKROOM_MAX_BATCH="1", DARKROOM_HEARTBEAT_INTERVAL="2")
+                workers.append(spawn(["ip", "netns", "exec", ns.name, "unshare", "--uts", "sh", "-c",
+                                      f"hostname worker-{name} && exec {inner}"], worker_env, tmp_path / f"{name}.log",
+                                     cwd=home))
+
+            async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+                async def both_up() -> list[dict]:
+                    for worker, name in zip(workers, ("w0", "w1"), strict=True):
+                        assert worker.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+                    listed = (await http.get("/v1/workers", headers=admin)).json()["workers"]
+                    return listed if len([w for w in listed if w["status"] == "up"]) == 2 else []
+
+                await eventually(both_up, timeout=90, interval=0.25, what="both workers to announce themselves")
+                assert (await http.get("/health")).json()["status"] == "ok", "generators consume: healthy"
+                ready_at = time.monotonic()
+                body = {"prompt": "a fox in the snow", "model": "tiny-sd", "init_image": png_base64(),
+                        "loras": [{"name": "fox", "weight": 0.8}],
+                        "settings": {"width": 64, "height": 64, "num_inference_steps": 4, "strength": 0.75}}
+                ids = []
+                for seed in range(JOBS):
+                    answer = await http.post("/v1/jobs", headers=admin, json=body | {
+                        "settings": body["settings"] | {"seed": seed}})
+                    assert answer.status_code == 202, answer.text
+                    ids.append(answer.json()["id"])
+
+                async def all_done() -> list[dict]:
+                    docs = [(await http.get(f"/v1/jobs/{i}", headers=admin)).json() for i in ids]
+                    failed = [d for d in docs if d["status"] in ("failed", "cancelled")]
+                    assert not failed, failed
+                    return docs if all(d["status"] == "completed" for d in docs) else []
+
+                docs = await eventually(all_done, timeout=90, interval=0.2, what="every job to complete")
+                jobs_seconds = time.monotonic() - ready_at
+                for doc in docs:
+                    assert doc["mode"] == "img2img"
+                    assert doc["loras"] == [{"name": "fox", "weight": 0.8, "sha256": lora_sha256}]
+                    [image] = doc["images"]
+                    png = (await http.get(f"/v1/images/{image['id']}", headers=admin)).content
+                    with Image.open(io.BytesIO(png)) as decoded:
+                        decoded.load()
+                        assert decoded.size == (64, 64)
+                # Both workers served jobs (round robin with a prefetch of 2 each).
+                starts = job_starts(data_dir)
+                served_by = {next(iter(starts[i])).rsplit("-", 1)[0] for i in ids}
+                assert served_by == {"worker-w0", "worker-w1"}, starts
+                # Each fetched the LoRA by its hash into its own folder, checked, and links it by name.
+                for name, folder in folders.items():
+                    stored = folder / "models" / "loras" / ".sha256" / f"{lora_sha256}.safetensors"
+                    assert hashlib.sha256(stored.read_bytes()).hexdigest() == lora_sha256, name
+                    link = folder / "models" / "loras" / "fox.safetensors"
+                    assert link.is_symlink() and link.resolve() == stored.resolve()
+                    assert (folder / "models" / "tiny-sd" / "model_index.json").exists(), "its own model"
+                    assert not (folder / "events").exists() or not any((folder / "events").iterdir())
+
+                async def listed_with_jobs() -> list[dict]:
+                    listed = (await http.get("/v1/workers", headers=admin)).json()["workers"]
+                    return listed if sum(w["jobs_done"] for w in listed) == JOBS else []
+
+                listed = await eventually(listed_with_jobs, timeout=10, what="GET /v1/workers to count the jobs")
+                assert sorted(w["host"] for w in listed) == ["worker-w0", "worker-w1"]
+                for w in listed:
+                    assert (w["status"], w["models"], w["device"], w["max_batch"]) == ("up", ["tiny-sd"], "cpu", 1)
+                    assert w["dtype"] == "float32" and w["jobs_done"] >= 1 and 0 <= w["busy"] <= 1
+                shown = await cli(["workers"], clean_env(DARKROOM_URL=api, DARKROOM_API_KEY=admin["Authorization"][7:]))
+                assert shown.returncode == 0 and "worker-w0" in shown.stdout and "worker-w1" in shown.stdout, shown
+
+                # Who may fetch files: worker keys and admins; tenants and bad hashes get a clear 4xx.
+                worker_token = commands["w0"][commands["w0"].index("--token") + 1]
+                as_worker = {"Authorization": f"Bearer {worker_token}"}
+                fetched = await http.get(f"/v1/files/loras/{lora_sha256}", headers=as_worker)
+                assert fetched.status_code == 200 and hashlib.sha256(fetched.content).hexdigest() == lora_sha256
+                tenant = created_token((await cli(["keys", "create", "--name", "tenant"], control_env)).stdout)
+                as_tenant = {"Authorization": f"Bearer {tenant}"}
+                refused = await http.get(f"/v1/files/loras/{lora_sha256}", headers=as_tenant)
+                assert refused.status_code == 403 and "worker key" in refused.json()["message"]
+                assert (await http.get("/v1/workers", headers=as_tenant)).status_code == 403
+                submit = await http.post("/v1/jobs", headers=as_worker, json=body)
+                assert submit.status_code == 403 and "worker key may only fetch files" in submit.json()["message"]
+                assert (await http.get("/v1/workers", headers=as_worker)).status_code == 403
+                missing = await http.get(f"/v1/files/loras/{'0' * 64}", headers=as_worker)
+                assert missing.status_code == 404 and "no LoRA file with sha256" in missing.json()["message"]
+                bad = await http.get("/v1/files/loras/not-a-hash", headers=as_worker)
+                assert bad.status_code == 400 and "sha256" in bad.json()["message"]
+
+                # A LoRA the ingress cannot serve fails its job with the reason (no retries).
+                ghost = GenerateImages(job_id="ghost-lora", created_at=datetime.now(UTC), spec=JobSpec(
+                    prompt="x", model="tiny-sd", loras=(LoraRef(name="ghost", sha256="f" * 64),),
+                    settings=GenerationSettings(num_images=1, num_inference_steps=2, guidance_scale=7.5, width=64,
+                                                height=64, seed=1)))
+                await bus.send(ghost)
+                [failure] = await tap.wait(JobFailed, "ghost-lora", timeout=30)
+                assert "LoRA 'ghost'" in failure.reason and "could not be fetched" in failure.reason
+                assert "HTTP 404" in failure.reason, failure.reason
+
+                # A worker that shuts down says so: the list empties without waiting 3 intervals.
+                await stop_all(workers)
+                assert [w.returncode for w in workers] == [0, 0], "workers stopped cleanly on SIGTERM"
+
+                async def none_listed() -> bool:
+                    return (await http.get("/v1/workers", headers=admin)).json()["workers"] == []
+
+                await eventually(none_listed, timeout=10, what="stopped workers to leave GET /v1/workers")
+
+                # Revoking a worker: its key stops working and its RabbitMQ user is gone.
+                revoked = await cli(["workers", "revoke", "w0", "--rabbitmq-dir", str(private_broker.base)], control_env)
+                assert revoked.returncode == 0, revoked.stderr
+                assert "darkroom-worker-w0" not in rabbitmqctl(private_broker.base, "list_users")
+                assert "darkroom-worker-w1" in rabbitmqctl(private_broker.base, "list_users")
+
+                async def key_refused() -> bool:
+                    answer = await http.get(f"/v1/files/loras/{lora_sha256}", headers=as_worker)
+                    return answer.status_code == 401 and "revoked" in answer.json()["message"]
+
+                await eventually(key_refused, timeout=5, what="the revoked worker key to be refused")
+            print(f"\nremote workers: {JOBS} img2img+LoRA jobs on 2 namespaced workers in {jobs_seconds:.1f} s "
+                  f"after both were up; whole test {time.monotonic() - started:.1f} s")
+    finally:
+        # Stopped while the forwarders (on this event loop) still run, so that they can say goodbye.
+        await stop_all(workers)
+        await forwarder.close()
+        await stop_all([control], timeout=60)
+
+
+def test_a_fetched_lora_that_does_not_match_its_hash_is_refused_and_not_kept(tmp_path):
+    """The worker side alone, against a fake ingress: what arrives is checked before it is used."""
+    from pipelines.errors import LoraError
+    from services.generator.fetcher import LoraFetcher
+
+    good, bad = b"the real LoRA bytes", b"something else"
+    digest = hashlib.sha256(good).hexdigest()
+    served = {"body": bad}
+    asked = []
+
+    def ingress(request: httpx.Request) -> httpx.Response:
+        asked.append((request.url.path, request.headers.get("authorization")))
+        return httpx.Response(200, content=served["body"])
+
+    folder = tmp_path / "models" / "loras"
+    fetcher = LoraFetcher("http://control:8000", "drk_token", folder, transport=httpx.MockTransport(ingress))
+    with pytest.raises(LoraError, match=f"LoRA 'fox' \\(sha256 {digest}\\) could not be fetched .* hash to"):
+        fetcher.ensure((LoraRef(name="fox", sha256=digest),))
+    assert asked == [(f"/v1/files/loras/{digest}", "Bearer drk_token")]
+    assert not (folder / "fox.safetensors").exists() and list((folder / ".sha256").iterdir()) == []
+    served["body"] = good
+    fetcher.ensure((LoraRef(name="fox", sha256=digest),))
+    assert (folder / "fox.safetensors").read_bytes() == good
+    fetcher.ensure((LoraRef(name="fox", sha256=digest),))
+    assert len(asked) == 2, "kept: not fetched again"
+    with pytest.raises(LoraError, match=r"not on this worker .* no sha256"):
+        fetcher.ensure((LoraRef(name="other"),))
+
+
+def test_the_private_broker_lets_worker_users_in_on_its_worker_address_and_guest_only_on_loopback(tmp_path):
+    """DARKROOM_BROKER_HOST: the private broker also listens on an interface address, where a
+    worker's own user gets in (and only to its namespace's names) while `guest` is refused."""
+    from ops.broker import PrivateBroker
+
+    with namespaces(1) as [ns]:
+        broker = PrivateBroker(tmp_path / "rabbitmq", name="darkroom-workers", host=ns.host_ip).start()
+        try:
+            assert broker.url.startswith("amqp://guest:guest@127.0.0.1:"), "this machine's services use loopback"
+            rabbitmqctl(broker.base, "add_user", "w", "secret")
+            rabbitmqctl(broker.base, "set_permissions", "-p", "/", "w", *permissions("dr"))
+            probe = (
+                "import asyncio, sys, aio_pika\n"
+                "async def main(url):\n"
+                "    try:\n"
+                "        connection = await aio_pika.connect(url, timeout=10)\n"
+                "    except Exception as exc:\n"
+                "        return print('refused', type(exc).__name__)\n"
+                "    channel = await connection.channel()\n"
+                "    await channel.declare_exchange('dr.events', 'topic', durable=True)\n"
+                "    try:\n"
+                "        await channel.declare_exchange('other.events', 'topic', durable=True)\n"
+                "        print('connected; other namespace ALLOWED')\n"
+                "    except Exception as exc:\n"
+                "        print('connected; other namespace refused:', type(exc).__name__, flush=True)\n"
+                "    await connection.close()\n"
+                "asyncio.run(main(sys.argv[1]))\n"
+            )
+
+            def from_namespace(user: str) -> str:
+                url = f"amqp://{user}@{ns.host_ip}:{broker.port}/"
+                result = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", probe, url],
+                                        capture_output=True, text=True, timeout=60)
+                return result.stdout.strip().splitlines()[0] if result.stdout.strip() else result.stderr[-500:]
+
+            assert from_namespace("w:secret") == "connected; other namespace refused: ChannelAccessRefused"
+            assert from_namespace("guest:guest").startswith("refused")
+        finally:
+            broker.stop()

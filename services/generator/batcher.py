@@ -13,7 +13,8 @@ A suspect (a job back from a crash, `attempt` > 1) never overlaps anything: the 
 ends before it starts and it ends before the next one starts. A worker that dies while a suspect
 runs then holds only the suspect's message, so the broker charges that delivery to it alone
 (quorum queues count every return against `x-delivery-limit`, held or running), and the jobs it
-killed come back in the order the worker took them, the suspect first.
+killed come back in the order the worker took them, the suspect first. Among suspects waiting,
+the one the broker delivered most often runs first (`_next`).
 
 A lone job on an idle worker never waits. While jobs are arriving (another arrived within
 `fill_wait` seconds, or a batch is still finishing) a call that is not full waits up to
@@ -43,6 +44,8 @@ def batch_key(command: GenerateImages) -> tuple:
 class Waiting:
     command: GenerateImages
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # How often the broker delivered this message before (what its x-delivery-limit counts).
+    deliveries: int = 0
 
     @property
     def images(self) -> int:
@@ -102,17 +105,18 @@ class Batcher:
         except TimeoutError:
             pass
 
-    async def submit(self, command: GenerateImages) -> None:
+    async def submit(self, command: GenerateImages, deliveries: int = 0) -> None:
         """Queue a job and return once its outcome is published (raises what its batch raised)."""
-        waiting = Waiting(command)
+        waiting = Waiting(command, deliveries=deliveries)
         self._waiting.append(waiting)
         self._arrivals = (self._arrivals[1], time.monotonic())
         self._arrived.set()
         await waiting.done
 
     def take_batch(self) -> list[Waiting]:
-        """The oldest waiting job plus compatible ones that fit its call."""
-        first = self._waiting.pop(0)
+        """The oldest waiting job plus compatible ones that fit its call; when the oldest is a
+        suspect, the suspect the broker delivered most often instead (it runs alone)."""
+        first = self._waiting.pop(self._next())
         batch = [first]
         if first.shareable(self.capacity):
             key, room = batch_key(first.command), self.capacity - first.images
@@ -124,6 +128,16 @@ class Batcher:
                     self._waiting.remove(other)
                     room -= other.images
         return batch
+
+    def _next(self) -> int:
+        """Which waiting job opens the next call. Among suspects, the one delivered most often
+        goes first: it is the likeliest to be what kills workers (every worker it killed charged
+        it a delivery), and the suspect that runs hands the jobs waiting back to the queue as
+        fresh messages, which would reset its count and let it kill more than four times."""
+        if not self._waiting[0].suspect:
+            return 0
+        most = max(w.deliveries for w in self._waiting if w.suspect)
+        return next(i for i, w in enumerate(self._waiting) if w.suspect and w.deliveries == most)
 
     def _room_left(self, first: Waiting) -> int:
         """Images the call `first` opens could still take from jobs not waiting yet."""

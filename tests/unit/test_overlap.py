@@ -228,6 +228,29 @@ def test_a_suspect_never_overlaps_another_batch():
     asyncio.run(scenario())
 
 
+def test_among_suspects_the_one_delivered_most_often_runs_first_and_the_others_go_back():
+    """Innocent suspects (held by a worker the poison killed) may arrive ahead of the poison; if
+    one ran first it would hand the poison back as a fresh message and reset its delivery count."""
+    async def scenario():
+        render = Render()
+        for job in ("innocent", "poison", "fresh"):
+            render.gate(job).set()
+        w = worker(render)
+        waiting = [
+            asyncio.create_task(w.batcher.submit(command("innocent", attempt=2), deliveries=1)),
+            asyncio.create_task(w.batcher.submit(command("poison", attempt=4), deliveries=3)),
+            asyncio.create_task(w.batcher.submit(command("fresh"))),
+        ]
+        await asyncio.sleep(0)
+        running = asyncio.create_task(w.batcher.run())
+        await asyncio.gather(*waiting)
+        assert render.log == ["generate poison", "finish poison"]
+        assert w.bus.sent == ["innocent", "fresh"], "the others go back to the queue before it runs"
+        running.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_a_job_cancelled_in_a_shared_call_is_dropped_and_its_batch_mates_published():
     async def scenario():
         render = Render(drop={"b"})

@@ -45,7 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     names = args.cases or [name for name in CASES if name in DEFAULT_CASES]
     asyncio.run(run_cases(
         names, quick=args.quick, results_dir=Path(args.results),
-        amqp_url=os.environ.get("DARKROOM_BENCH_AMQP_URL"),
+        amqp_url=os.environ.get("DARKROOM_BENCH_AMQP_URL"), device_name=args.device, model=args.model,
     ))
     return 0
 
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("cases", nargs="*", help="case names (overhead, saturation, memory, ingress, broker, ...)")
     bench.add_argument("--quick", action="store_true", help="small counts: keeps the harness working in the test suite")
     bench.add_argument("--results", default="bench/results", help="folder for <timestamp>.json")
+    bench.add_argument("--device", default="cpu", help="where the generator and the bare loop run: cpu or cuda")
+    bench.add_argument("--model", default="tiny", choices=("tiny", "sd15-random"),
+                       help="tiny (64 px, 4 steps) or sd15-random (SD 1.5's architecture, random weights, 512 px, 25 steps)")
     bench.set_defaults(func=cmd_bench)
     keys = sub.add_parser("keys", help="create, list, revoke and update API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

@@ -86,6 +86,43 @@ def _sampler(pipe, name: str | None) -> Iterator[None]:
         pipe.scheduler = original
 
 
+# Families whose pipelines decode with a plain `vae.decode` + `postprocess` (no upcasting, no
+# latent unpacking), so that decoding outside the pipeline call gives the very same pixels.
+SPLIT_DECODE_FAMILIES = ("sd1.x", "sd2.x")
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """One pipeline call's result: its images, or its latents still to be decoded by `decode`.
+
+    Decoding apart lets the pipeline thread start the next call while another thread runs the
+    VAE. On CUDA both threads queue their kernels on the same default stream, so the decode
+    follows the latents in order with no event or side stream, and the GPU never waits for the
+    Python that launches the next UNet.
+    """
+
+    images: list[Image.Image] | None = None
+    latents: torch.Tensor | None = None
+    vae: object = None
+    image_processor: object = None
+
+    def decode(self) -> list[Image.Image]:
+        """The call's images (decoded now when the call left it to us). One caller at a time."""
+        if self.images is not None:
+            return self.images
+        with torch.inference_mode():
+            # Exactly what StableDiffusionPipeline does after its last step (no safety checker).
+            image = self.vae.decode(self.latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            images = self.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * image.shape[0])
+        return list(images)
+
+
+def can_split_decode(model: LoadedModel, recipe: Recipe) -> bool:
+    """Whether this call's VAE decode can run outside the pipeline call, pixel for pixel the same."""
+    return (model.entry.family in SPLIT_DECODE_FAMILIES and recipe.mode in ("txt2img", "img2img")
+            and recipe.hires is None)
+
+
 def generate(
     model: LoadedModel,
     recipe: Recipe,
@@ -95,7 +132,23 @@ def generate(
     on_step: StepCallback | None = None,
 ) -> list[Image.Image]:
     """Generate one image per task: the first pass, then the hires pass when asked."""
+    return denoise(model, recipe, tasks, lora_folder=lora_folder, on_step=on_step).decode()
+
+
+def denoise(
+    model: LoadedModel,
+    recipe: Recipe,
+    tasks: Sequence[ImageTask],
+    *,
+    lora_folder: Path,
+    on_step: StepCallback | None = None,
+    split_decode: bool = False,
+) -> Denoised:
+    """Run the pipeline for one image per task. With `split_decode`, and when the recipe allows
+    it (`can_split_decode`), the VAE decode is left to `Denoised.decode`; otherwise the images are
+    decoded here as in `generate`."""
     check_inputs(model, recipe, tasks)
+    split = split_decode and can_split_decode(model, recipe)
     with lora_adapters.applied(model.pipe, model.loras, lora_folder, recipe.loras):
         pipe = model.for_mode(recipe.mode)
         with _sampler(pipe, recipe.sampler):
@@ -104,17 +157,21 @@ def generate(
                 width=recipe.width, height=recipe.height, steps=recipe.steps,
                 guidance_scale=recipe.guidance_scale, strength=recipe.strength,
                 images=[task.init_image for task in tasks] if recipe.mode != "txt2img" else None,
+                output_type="latent" if split else "pil",
             )
+        if split:
+            return Denoised(latents=images, vae=pipe.vae, image_processor=pipe.image_processor)
         if recipe.mode == "inpaint":
             images = [_overlay(image, task) for image, task in zip(images, tasks, strict=True)]
         if recipe.hires is not None:
             images = _hires(model, recipe, tasks, images, on_step)
-    return images
+    return Denoised(images=images)
 
 
 def _call(pipe, model: LoadedModel, mode: str, tasks: Sequence[ImageTask], on_step: StepCallback | None,
           phase: str, *, width: int, height: int, steps: int, guidance_scale: float,
-          strength: float | None = None, images: list[Image.Image] | None = None) -> list[Image.Image]:
+          strength: float | None = None, images: list[Image.Image] | None = None,
+          output_type: str = "pil"):
     # CPU generators make a seed give the same image on every device.
     generators = [torch.Generator("cpu").manual_seed(task.seed) for task in tasks]
     stopped = False
@@ -147,12 +204,13 @@ def _call(pipe, model: LoadedModel, mode: str, tasks: Sequence[ImageTask], on_st
             generator=generators,
             callback_on_step_end=step_end,
             callback_on_step_end_tensor_inputs=["latents"],
-            output_type="pil",
+            output_type=output_type,
             **options,
         )
     if stopped:
         raise Interrupted
-    return list(result.images)
+    # "latent": a tensor of the batch's latents (the VAE decode is the caller's).
+    return result.images if output_type == "latent" else list(result.images)
 
 
 def _overlay(generated: Image.Image, task: ImageTask) -> Image.Image:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,10 +65,19 @@ def configure_threads(requested: int, device: torch.device) -> int:
     return threads
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """`auto` is float16 on accelerators (half the memory, same images) and float32 on the CPU."""
+# Families trained and shipped in bfloat16: float16 overflows in their activations.
+BFLOAT16_FAMILIES = ("sd3", "flux")
+
+
+def resolve_dtype(requested: str, device: torch.device, family: str = "sd1.x") -> torch.dtype:
+    """`auto` is float16 on accelerators (half the memory, same images; bfloat16 for SD3 and Flux
+    on CUDA) and float32 on the CPU."""
     if requested == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
+        if device.type == "cpu":
+            return torch.float32
+        if device.type == "cuda" and family in BFLOAT16_FAMILIES and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
     return getattr(torch, requested)
 
 
@@ -102,7 +112,7 @@ def estimate_bytes(entry: ModelEntry) -> int:
     return 0
 
 
-def load(entry: ModelEntry, default_device: str = "auto") -> LoadedModel:
+def load(entry: ModelEntry, default_device: str = "auto", default_dtype: str = "auto") -> LoadedModel:
     """Load one catalog entry onto its device. Local sources never touch the network."""
     import diffusers
     import transformers
@@ -111,7 +121,7 @@ def load(entry: ModelEntry, default_device: str = "auto") -> LoadedModel:
     transformers.utils.logging.disable_progress_bar()
 
     device = resolve_device(entry.device if entry.device != "auto" else default_device)
-    dtype = resolve_dtype(entry.dtype, device)
+    dtype = resolve_dtype(entry.dtype if entry.dtype != "auto" else default_dtype, device, entry.family)
     source = Path(entry.source)
     options = {"dtype": dtype}
     if entry.family in ("sd1.x", "sd2.x"):
@@ -153,9 +163,13 @@ class ModelCache:
     The model in use is never evicted; a single model larger than the budget still loads (alone).
     """
 
-    def __init__(self, budget: int, default_device: str = "auto"):
+    def __init__(self, budget: int, default_device: str = "auto", default_dtype: str = "auto",
+                 prepare: Callable[[LoadedModel], None] | None = None):
         self.budget = budget
         self.default_device = default_device
+        self.default_dtype = default_dtype
+        # Run on each model once it is loaded (the generator's fast-path set-up: channels_last, ...).
+        self.prepare = prepare
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
 
     @property
@@ -178,7 +192,9 @@ class ModelCache:
         """
         self._models.pop(entry.id, None)  # a changed catalog entry replaces the old pipeline
         evicted = self._make_room(estimate_bytes(entry), keep=entry.id)
-        model = load(entry, self.default_device)
+        model = load(entry, self.default_device, self.default_dtype)
+        if self.prepare is not None:
+            self.prepare(model)
         evicted += self._make_room(model.bytes, keep=entry.id)
         self._models[entry.id] = model
         return model, evicted

@@ -54,8 +54,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     progress_rate: float = 4.0
     # A preview image every this many steps (0: none).
     preview_every: int = 5
-    # Images one pipeline call may hold, across compatible queued jobs (1: no batching).
-    max_batch: int = 4
+    # Images one pipeline call may hold, across compatible queued jobs (1: no batching; 0: by
+    # device: 8 on CUDA, 4 elsewhere).
+    max_batch: int = 0
+    # Torch dtype of models whose catalog entry says `auto`: auto = float16 on CUDA (bfloat16 for
+    # SD3 and Flux), float32 on a CPU.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # While jobs are arriving, a generator waits this many milliseconds at most for compatible
+    # jobs to fill a call (a lone job on an idle generator never waits).
+    batch_wait_ms: float = 20.0
+    # Decode, PNG-encode and publish a batch while the next one denoises (off: one batch at a time).
+    overlap: Literal["on", "off"] = "on"
+    # One tiny generation per batch size (1..max_batch) for the default model before consuming.
+    warmup: Literal["on", "off"] = "on"
+    # torch.compile of the UNet and VAE decoder (CUDA): auto = on for CUDA only, and only kept
+    # when warm-up shows it faster with the same images (within COMPILE_TOLERANCE).
+    compile: Literal["auto", "on", "off"] = "auto"
     max_prompt_length: int = 500
     max_body_bytes: int = 20 * 1024**2
     # Slow or oversized clients (the ingress closes what passes these): bytes of one request's
@@ -133,6 +147,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ingress_url: str = ""
     worker_token: str = ""
     presence_interval: float = 10.0
+
+    def batch_capacity(self, device_type: str) -> int:
+        """Images per pipeline call: `max_batch`, or by device when it is 0."""
+        if self.max_batch > 0:
+            return self.max_batch
+        return 8 if device_type == "cuda" else 4
 
     @property
     def service_list(self) -> tuple[str, ...]:

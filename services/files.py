@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,21 +52,30 @@ def write_atomic_many(files: list[tuple[Path, bytes]], *, durable: bool = True, 
 
 
 def create_file(path: Path, data: bytes) -> None:
-    """Create a file that must not exist yet, in one step (not fsynced; ~30 µs, fine inline).
+    """Create a file that must not exist yet, whole, in one step (not fsynced; ~60 µs, fine
+    inline); FileExistsError when it does.
 
-    For a file nobody reads until this returns (a staged temp file, a claim).
+    Written aside, then hard-linked into place: a link fails when the name exists and never shows
+    a file half-written. A claim's loser reads the winner's claim at once (jobs/.outcomes: the
+    saver's "completed" against a cancel's "cancelled"); created with O_EXCL and then written, it
+    could read it empty, take it for no claim, and both would win.
     """
+    temp = path.with_name(f".{path.name}.{threading.get_ident()}.{os.getpid()}{TEMP_SUFFIX}")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except FileNotFoundError:  # its folder is gone (recreated by hand, say): make it, once
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.link(temp, path)
     finally:
-        os.close(fd)
+        temp.unlink(missing_ok=True)
 
 
 def publish_staged(temp: Path, path: Path) -> None:

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     parser.add_argument("--serve", action="store_true", help="answer requests on stdin (see above)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (float16 there, as Darkroom's default)")
     args = parser.parse_args()
 
     import torch
@@ -45,6 +46,8 @@ def main() -> None:
         args.model, safety_checker=None, requires_safety_checker=False, local_files_only=True
     )
     pipe.set_progress_bar_config(disable=True)
+    if args.device != "cpu":
+        pipe.to(args.device, torch.float16)
 
     def call(first_seed: int, size: int = args.size, steps: int = args.steps, batch: int = args.batch) -> float:
         seeds = range(first_seed, first_seed + batch)

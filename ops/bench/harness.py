@@ -62,6 +62,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+# Generator settings a bench run passes on to its stacks (to compare `DARKROOM_OVERLAP=off`, say).
+PASSED_THROUGH = ("DARKROOM_OVERLAP", "DARKROOM_BATCH_WAIT_MS", "DARKROOM_COMPILE", "DARKROOM_WARMUP", "DARKROOM_DTYPE")
+
+
 class Context:
     """What cases share in one bench run: a broker, the tiny model, a scratch folder, stacks."""
 
@@ -74,15 +78,27 @@ class Context:
         self.idle_rss: dict[str, int] = {}
         self._stacks: list[Stack] = []
         self._bare: BareLoop | None = None
+        # The model and device the generation cases run on (`device.choose`): by default the tiny
+        # model on the CPU at 64 px and 4 steps (jobs.SMALL_JOB).
+        self.device = "cpu"
+        self.bare_model = tiny_model
+        self.catalog_text = ""
+        self.job: dict = {}
 
     async def stack(self, name: str, services: tuple[str, ...] = SERVICES, env: dict[str, str] | None = None) -> Stack:
         """Start a `darkroom run` stack and return once every one of its services consumes."""
         root = self.work / name
         root.mkdir(parents=True, exist_ok=True)
-        stack = Stack(root=root, amqp_url=self.amqp_url, tiny_model=self.tiny_model, services=services, env=env or {})
+        if self.catalog_text:
+            (root / "darkroom.toml").write_text(self.catalog_text)
+        passed = {name: os.environ[name] for name in PASSED_THROUGH if os.environ.get(name)}
+        env = {"DARKROOM_DEVICE": self.device, **passed, **(env or {})}
+        stack = Stack(root=root, amqp_url=self.amqp_url, tiny_model=self.tiny_model, services=services, env=env)
         self._stacks.append(stack)
-        await asyncio.to_thread(stack.start)
-        await stack.wait_consuming()
+        # A GPU generator warms up (and may compile) every batch size before it consumes.
+        timeout = 120.0 if self.device == "cpu" else 1800.0
+        await asyncio.to_thread(stack.start, timeout)
+        await stack.wait_consuming(timeout=timeout)
         return stack
 
     async def generation_stack(self, max_batch: int = 4) -> Stack:
@@ -103,7 +119,7 @@ class Context:
     async def bare(self) -> BareLoop:
         """A long-lived bare diffusers process, for interleaving its calls with Darkroom jobs."""
         if self._bare is None:
-            self._bare = await BareLoop.start(self.tiny_model, self.threads)
+            self._bare = await BareLoop.start(self.bare_model, self.threads, self.device)
         return self._bare
 
     @property
@@ -131,9 +147,10 @@ class BareLoop:
         self.peak_rss = 0
 
     @classmethod
-    async def start(cls, model: Path, threads: int) -> BareLoop:
+    async def start(cls, model: Path, threads: int, device: str = "cpu") -> BareLoop:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ops.bench.baseline", str(model), "--serve", "--threads", str(threads),
+            "--device", device,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )
         ready = await process.stdout.readline()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from ops.bench import cases, library, live, readside, sustained
+from ops.bench import cases, device, library, live, readside, sustained
 from ops.bench.harness import Case, Context, Measurement, Report, commit_id, machine_info, table
 from ops.broker import PrivateBroker
 
@@ -28,11 +28,17 @@ CASES: dict[str, Case] = {
     "sustained": sustained.sustained,
     "library": library.library,
     "live": live.live,
+    "throughput": device.throughput,
+    "overlap": device.overlap,
 }
-DEFAULT_CASES = tuple(CASES)
+# `throughput` compares batch sizes 1, 4 and 8 on the chosen model and device (`--device cuda
+# --model sd15-random` on a GPU) and `overlap` the generator alone with DARKROOM_OVERLAP on and
+# off; both run on the tiny model on the CPU by default, and only when named.
+DEFAULT_CASES = tuple(name for name in CASES if name not in ("throughput", "overlap"))
 
 
-async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None) -> Path:
+async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None,
+                    device_name: str = "cpu", model: str = "tiny") -> Path:
     unknown = [name for name in names if name not in CASES]
     if unknown:
         raise SystemExit(f"unknown bench case(s) {unknown}; valid: {', '.join(CASES)}")
@@ -47,6 +53,8 @@ async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_ur
 
     tiny = await asyncio.to_thread(build_tiny_model, work / "tiny-sd")
     ctx = Context(work, amqp_url, tiny, quick)
+    if model != "tiny" or device_name != "cpu":
+        await asyncio.to_thread(device.choose, ctx, device_name, model)
     measurements: list[Measurement] = []
     failures: dict[str, str] = {}
     try:

@@ -129,7 +129,7 @@ def _message(answer: httpx.Response) -> str:
 
 
 class FetchingRender:
-    """The worker's render callable, with each job's LoRAs made present first."""
+    """The worker's render path (`worker.Render`), with each job's LoRAs made present first."""
 
     def __init__(self, inner, fetcher: LoraFetcher):
         self.inner = inner
@@ -139,3 +139,6 @@ class FetchingRender:
         for command in commands:
             self.fetcher.ensure(command.spec.loras)
         return self.inner(model, commands, watch)
+
+    def finish(self, commands, rendered, skip):
+        return self.inner.finish(commands, rendered, skip)

@@ -7,24 +7,17 @@ import contextlib
 import os
 import socket
 from functools import partial
-from pathlib import Path
 
 import structlog
 
-from pipelines.errors import ModelLoadError
-from pipelines.loader import ModelCache, configure_threads, resolve_device
-from pipelines.tiny import ensure_tiny_model
 from schemas import topology
-from schemas.catalog import TINY_MODEL_ID
 from schemas.events import GenerateImages, ModelLoaded
 from schemas.settings import Settings
 from services import runtime
 from services.bus import BrokerUnavailable, command_decoder, delivery_count
-from services.generator import faults
+from services.generator import engine, faults
 from services.generator.handlers import fail_job, follow_catalog, follow_job, generate_images
-from services.generator.progress import ProgressSettings
 from services.generator.remote import wrap_render
-from services.generator.render import Renderer
 from services.generator.worker import Options, Worker
 
 STAGE = "generator"
@@ -34,34 +27,26 @@ log = structlog.get_logger(STAGE)
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     # Read again when the runtime catalog changes: models pulled while running need no restart.
     catalog = runtime.LiveCatalog(settings)
-    cache = ModelCache(settings.memory_budget, settings.device)
-    threads = configure_threads(settings.torch_threads, resolve_device(settings.device))
-    await asyncio.to_thread(ensure_tiny_model, Path(catalog.models[TINY_MODEL_ID].source))
-    # Warm the default model before connecting: the load overlaps the broker's start, and the
-    # first job does not pay for it.
-    default = catalog.model(None)
-    try:
-        warm, _ = await asyncio.to_thread(cache.load, default)
-        log.info("model warm", model=default.id, device=str(warm.device), seconds=round(warm.load_seconds, 2), threads=threads)
-    except ModelLoadError as exc:
-        # Not fatal: jobs for other models still run; jobs for this one fail with the reason.
-        warm = None
-        log.error("default model failed to load", error=str(exc))
+    data = runtime.layout(settings)
+    # Load and warm the default model (importing torch on the way) while the broker connection
+    # opens; consume only once it is warm, so that readiness (a consumer on the queue) is honest.
+    starting = asyncio.create_task(asyncio.to_thread(
+        engine.start, settings, catalog, lora_folder=data.loras_dir,
+        compile_cache=data.base / "cache" / "compile", fault=faults.from_environment(os.environ),
+    ))
     async with runtime.connected(settings, STAGE) as bus:
-        render = Renderer(
-            lora_folder=runtime.layout(settings).loras_dir, capacity=settings.max_batch,
-            progress=ProgressSettings(rate=settings.progress_rate, preview_every=settings.preview_every),
-            fault=faults.from_environment(os.environ),
-        )
+        ready = await starting
+        default, warm = catalog.model(None), ready.warm
         worker_id = f"{socket.gethostname()}-{os.getpid()}"
-        render, presence = wrap_render(render, settings, lora_folder=runtime.layout(settings).loras_dir, cache=cache,
-                                       worker_id=worker_id, device=str(resolve_device(settings.device)))
+        render, presence = wrap_render(ready.render, settings, lora_folder=data.loras_dir, cache=ready.cache,
+                                       worker_id=worker_id, device=ready.device, max_batch=ready.capacity)
         options = Options(
-            max_batch=settings.max_batch, max_attempts=settings.max_attempts,
-            heartbeat_interval=settings.heartbeat_interval,
+            max_batch=ready.capacity, max_attempts=settings.max_attempts,
+            heartbeat_interval=settings.heartbeat_interval, overlap=settings.overlap == "on",
+            batch_wait=settings.batch_wait_ms / 1000,
         )
         worker = Worker(
-            bus=bus, catalog=catalog, cache=cache, render=render,
+            bus=bus, catalog=catalog, cache=ready.cache, render=render,
             worker_id=worker_id, options=options,
         )
 
@@ -82,14 +67,15 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             partial(follow_job, worker=worker), name="generator-follow", outlive_disconnects=True,
         )
         await bus.subscribe(topology.CATALOG_CHANGE_KEYS, partial(follow_catalog, worker=worker), name="generator-catalog")
-        # Prefetch two batches: a full next batch waits here while one runs. Commands a worker
-        # holds when it dies go back with their delivery count up by one (4 deliveries allowed).
+        # Prefetch two batches: overlapped, one finishes while the next generates (or a full next
+        # batch waits while one runs). Not more: commands a worker holds when it dies go back with
+        # their delivery count up by one (4 deliveries allowed), held or not.
         await bus.consume(
             STAGE,
             generate,
             decoder=command_decoder,
             on_failure=partial(fail_job, worker=worker),
-            prefetch=2 * settings.max_batch,
+            prefetch=2 * ready.capacity,
         )
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, batching, beating}, return_when=asyncio.FIRST_COMPLETED)
@@ -108,6 +94,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         with contextlib.suppress(BrokerUnavailable, TimeoutError):
             await asyncio.wait_for(bus.publish(presence.event(leaving=True)), 2)
     worker.executor.shutdown(wait=False, cancel_futures=True)
+    worker.finisher.shutdown(wait=False, cancel_futures=True)
 
 
 def run() -> None:

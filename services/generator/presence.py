@@ -33,7 +33,7 @@ class Tally:
 
 @dataclass
 class TalliedRender:
-    """The worker's render callable, counted (same call signature as `render.Renderer`)."""
+    """The worker's render path (`worker.Render`), its pipeline calls counted and timed."""
 
     inner: Callable[..., Any]
     tally: Tally = field(default_factory=Tally)
@@ -41,12 +41,15 @@ class TalliedRender:
     def __call__(self, model, commands, watch):
         self.tally.running_since = started = time.perf_counter()
         try:
-            rendered, dropped = self.inner(model, commands, watch)
-            self.tally.jobs_done += len(commands) - len(dropped)
-            return rendered, dropped
+            rendered = self.inner(model, commands, watch)
+            self.tally.jobs_done += len(commands) - len(rendered.dropped)
+            return rendered
         finally:
             self.tally.running_since = None
             self.tally.busy_seconds += time.perf_counter() - started
+
+    def finish(self, commands, rendered, skip):
+        return self.inner.finish(commands, rendered, skip)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from services.generator.presence import Presence, TalliedRender
 
 
 def wrap_render(render, settings: Settings, *, lora_folder: Path, cache: ModelCache, worker_id: str,
-                device: str) -> tuple[TalliedRender, Presence]:
+                device: str, max_batch: int) -> tuple[TalliedRender, Presence]:
     """The render callable the worker runs, and the presence that reports on it."""
     if settings.ingress_url:
         render = FetchingRender(render, LoraFetcher(settings.ingress_url, settings.worker_token, lora_folder))
@@ -31,6 +31,6 @@ def wrap_render(render, settings: Settings, *, lora_folder: Path, cache: ModelCa
             return device, "", []
         return str(warm[-1].device), str(warm[-1].dtype).removeprefix("torch."), [m.entry.id for m in warm]
 
-    presence = Presence(worker_id=worker_id, tally=tallied.tally, describe=describe, max_batch=settings.max_batch,
+    presence = Presence(worker_id=worker_id, tally=tallied.tally, describe=describe, max_batch=max_batch,
                         interval=settings.presence_interval)
     return tallied, presence

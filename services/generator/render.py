@@ -1,5 +1,7 @@
-"""The synchronous render path, run in the pipeline thread: a batch of commands -> pipeline
-calls (with their step callbacks) -> each job's images encoded as PNGs.
+"""The synchronous render path: a batch of commands -> pipeline calls (with their step
+callbacks), in the pipeline thread (`Renderer.__call__`) -> each job's images decoded where the
+call left latents and encoded as PNGs (`Renderer.finish`, in the worker's second thread while
+the next batch generates; or right after, in the pipeline thread, with DARKROOM_OVERLAP=off).
 
 Nothing here touches the bus or the event loop; progress goes through the `StepWatch` the worker
 passes in.
@@ -8,13 +10,14 @@ passes in.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 from PIL import Image
 
-from pipelines.generate import Hires, ImageTask, Recipe, generate
+from pipelines.generate import Denoised, Hires, ImageTask, Recipe, denoise
 from pipelines.loader import LoadedModel
 from pipelines.png import a1111_parameters, encode_png
 from pipelines.previews import preview_png
@@ -38,6 +41,15 @@ class RenderedImage:
 
 
 @dataclass(frozen=True)
+class Rendered:
+    """A batch after its pipeline calls: each call's result (maybe still latents) and which
+    (job index, image count) it holds, in order, plus the jobs cancelled while sharing a call."""
+
+    calls: list[tuple[Denoised, list[tuple[int, int]]]]
+    dropped: set[str]
+
+
+@dataclass(frozen=True)
 class Renderer:
     """How this worker renders (from settings); called with a batch in the pipeline thread."""
 
@@ -47,17 +59,16 @@ class Renderer:
     progress: ProgressSettings = field(default_factory=ProgressSettings)
     fault: FaultHook = no_faults
 
-    def __call__(self, model: LoadedModel, commands: list[GenerateImages],
-                 watch: StepWatch) -> tuple[list[list[RenderedImage]], set[str]]:
-        """Run the pipeline for a batch and encode every image as a PNG.
+    # Leave the VAE decode of calls that allow it to `finish` (run off the pipeline thread).
+    split_decode: bool = False
 
-        Returns each job's images, and the jobs cancelled while sharing a call (their images dropped).
-        """
+    def __call__(self, model: LoadedModel, commands: list[GenerateImages], watch: StepWatch) -> Rendered:
+        """Run the pipeline calls for a batch (the pipeline thread's part). `finish` makes the PNGs."""
         for command in commands:
             self.fault(command.spec)
         recipe = recipe_of(commands[0].spec)
         all_tasks = [tasks_of(command) for command in commands]
-        images: list[list[Image.Image]] = [[] for _ in commands]
+        calls = []
         dropped: set[str] = set()
         for call in calls_for(commands, self.capacity):
             tasks, slots, offset = [], [], 0
@@ -69,13 +80,30 @@ class Renderer:
                 offset += count
             reporter = ProgressReporter.for_call(slots, watch=watch, settings=self.progress,
                                                  family=model.entry.family, preview=preview_png)
-            produced = generate(model, recipe, tasks, lora_folder=self.lora_folder, on_step=reporter)
+            result = denoise(model, recipe, tasks, lora_folder=self.lora_folder, on_step=reporter,
+                             split_decode=self.split_decode)
             dropped |= reporter.dropped
-            offset = 0
-            for index, _start, count in call:
+            calls.append((result, [(index, count) for index, _start, count in call]))
+        return Rendered(calls, dropped)
+
+    def finish(self, commands: list[GenerateImages], rendered: Rendered,
+               skip: Callable[[str], bool] = lambda job_id: False) -> list[list[RenderedImage]]:
+        """Decode what is still latents and encode each job's images as PNGs (any thread: PIL's
+        zlib releases the GIL). A job dropped during its calls, or that `skip` names now (it was
+        cancelled since), gets none: its images are neither decoded apart nor encoded."""
+        gone = {command.job_id for command in commands if command.job_id in rendered.dropped or skip(command.job_id)}
+        images: list[list[Image.Image]] = [[] for _ in commands]
+        for result, parts in rendered.calls:
+            if all(commands[index].job_id in gone for index, _ in parts):
+                continue
+            produced, offset = result.decode(), 0
+            for index, count in parts:
                 images[index] += produced[offset : offset + count]
                 offset += count
-        return [encode_job(command, job_images) for command, job_images in zip(commands, images, strict=True)], dropped
+        return [
+            [] if command.job_id in gone else encode_job(command, job_images)
+            for command, job_images in zip(commands, images, strict=True)
+        ]
 
 
 def recipe_of(spec: JobSpec) -> Recipe:

@@ -1,13 +1,17 @@
 """One generator process's async side: warm models, the pipeline thread, the batcher, fencing,
-hand-back, and each batch's outcomes. The pipeline work itself is the `render` callable passed in
+hand-back, and each batch's outcomes. The pipeline work itself is the `render` object passed in
 (`services.generator.render.Renderer`); this module never loads torch.
+
+A batch runs in two parts: its pipeline calls (the pipeline thread), then its rest: VAE decode
+where the call left it, PNG encoding (a second thread) and publishing (the loop). With `overlap`
+the batcher starts the next batch's pipeline calls while the rest of this one runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -35,10 +39,19 @@ from services.generator.progress import StepWatch
 
 if TYPE_CHECKING:
     from pipelines.loader import LoadedModel, ModelCache
-    from services.generator.render import RenderedImage
+    from services.generator.render import Rendered, RenderedImage
 
-    # (model, commands, watch) -> (each job's images, the jobs cancelled while sharing a call)
-    Render = Callable[[LoadedModel, list[GenerateImages], StepWatch], tuple[list[list[RenderedImage]], set[str]]]
+
+class Render(Protocol):
+    """What the worker needs of the render path (`services.generator.render.Renderer`)."""
+
+    def __call__(self, model: LoadedModel, commands: list[GenerateImages], watch: StepWatch) -> Rendered:
+        """The batch's pipeline calls, in the pipeline thread."""
+
+    def finish(self, commands: list[GenerateImages], rendered: Rendered,
+               skip: Callable[[str], bool]) -> list[list[RenderedImage]]:
+        """Each job's images as PNGs (decoding what is still latents), none for the jobs `skip`
+        names, in any one thread."""
 
 log = structlog.get_logger("generator")
 
@@ -59,6 +72,11 @@ class Options:
     max_batch: int = 4
     max_attempts: int = 3
     heartbeat_interval: float = 5.0
+    # Decode, encode and publish a batch while the next one denoises (False: one batch at a
+    # time, start to end, all of it in the pipeline thread).
+    overlap: bool = True
+    # Seconds the batcher may wait for compatible jobs to fill a call while jobs are arriving.
+    batch_wait: float = 0.0
 
 
 class Worker:
@@ -74,12 +92,15 @@ class Worker:
         self.options = options
         # One pipeline call at a time: a diffusers pipeline object is not thread-safe.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+        # The rest of a batch (decode, PNGs) runs here while the pipeline thread goes on.
+        self.finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")
         self.cancellations = Cancellations()
-        # Jobs in the call being prepared or run, with their attempt: what heartbeats speak for.
+        # Jobs of the batches being generated or finished, with their attempt: what heartbeats speak for.
         self.held: dict[str, int] = {}
         self.stopping = False
         self.interrupt = False
-        self.batcher = Batcher(self.run_batch, options.max_batch)
+        self.batcher = Batcher(self.run_batch, options.max_batch, overlap=options.overlap,
+                               fill_wait=options.batch_wait)
 
     async def heartbeats(self) -> None:
         """Say, for every job held, that this worker is alive and on it (the reaper listens)."""
@@ -135,12 +156,14 @@ class Worker:
                 return
             item.done.set_result(None)
 
-    async def run_batch(self, batch: list[Waiting]) -> None:
-        """Generate a batch of compatible jobs and publish each job's outcome."""
-        if batch[0].command.attempt > 1:
-            # A job back from a crash may be what crashed it: it runs alone, and what else this
-            # worker holds goes back to the queue first, so that if it kills this process again
-            # the broker charges it alone, not the innocent jobs that were waiting behind it.
+    async def run_batch(self, batch: list[Waiting]) -> Awaitable[None] | None:
+        """Run a batch's pipeline calls; return the rest of its work (PNGs, then each job's
+        outcome published), which the batcher runs while the next batch generates."""
+        if batch[0].suspect:
+            # A job back from a crash may be what crashed it: it runs alone (the batcher let the
+            # batch finishing end first), and what else this worker holds goes back to the queue
+            # first, so that if it kills this process again the broker charges it alone, not the
+            # innocent jobs that were waiting behind it.
             await self.hand_back(self.batcher.take_others())
         commands = []
         for waiting in batch:
@@ -153,9 +176,9 @@ class Worker:
             else:
                 commands.append(command)
         if not commands:
-            return
-        self.held = {c.job_id: c.attempt for c in commands}
+            return None
         for c in commands:
+            self.held[c.job_id] = c.attempt
             self.cancellations.starting(c)
         self.interrupt = False
         # job.started is confirmed while the work begins; it is awaited before any outcome is sent.
@@ -164,12 +187,24 @@ class Worker:
             for c in commands
         ))
         try:
+            generated = await self._generate(commands)
+        except Exception as exc:  # noqa: BLE001 - an unexpected pipeline error: try again, alone, or give up
+            generated = self._retry_or_raise(batch, commands, exc)
+        return self._finish(batch, commands, started, generated)
+
+    async def _finish(self, batch: list[Waiting], commands: list[GenerateImages], started: Awaitable,
+                      generated: list[Outcome] | Callable[[], list[Outcome]]) -> None:
+        """The rest of a batch: its PNGs (off the loop), then each job's outcome published."""
+        try:
             try:
-                ends = await self._generate(commands)
-            except Exception as exc:  # noqa: BLE001 - an unexpected pipeline error: try again, alone, or give up
+                ends = generated if isinstance(generated, list) else await self._off_loop(generated)
+            except Exception as exc:  # noqa: BLE001 - decoding or encoding failed: as a pipeline error
                 ends = self._retry_or_raise(batch, commands, exc)
             finally:
                 await started
+            # A job cancelled since its calls ended (while its images were decoded, encoded or
+            # waiting here) publishes nothing: the cancel announced its end.
+            ends = [self._unless_cancelled(c, end) for c, end in zip(commands, ends, strict=True)]
             # Events first, written to the broker in order (image 1 first), confirms awaited
             # together; then any command to run a job again, so that its job.requeued is recorded
             # before the next attempt can start.
@@ -181,7 +216,20 @@ class Worker:
                 for command in end.requeue:
                     await self.bus.send(command)
         finally:
-            self.held = {}
+            for c in commands:
+                if self.held.get(c.job_id) == c.attempt:
+                    del self.held[c.job_id]
+
+    def _unless_cancelled(self, command: GenerateImages, end: Outcome) -> Outcome:
+        if end is not outcomes.NOTHING and self.cancellations.is_cancelled(command.job_id):
+            log.info("cancelled job's outcome dropped", job_id=command.job_id, attempt=command.attempt)
+            return outcomes.NOTHING
+        return end
+
+    async def _off_loop(self, fn: Callable[[], list[Outcome]]) -> list[Outcome]:
+        if not self.options.overlap:  # the pipeline thread does it all, as one step after another
+            return await self.run(fn)
+        return await asyncio.get_running_loop().run_in_executor(self.finisher, fn)
 
     def _retry_or_raise(self, batch: list[Waiting], commands: list[GenerateImages], exc: Exception) -> list[Outcome]:
         """Requeue each job as attempt + 1 (it then runs alone, so a poison job cannot drag its
@@ -198,8 +246,9 @@ class Worker:
                 ends.append(outcomes.requeued(command, command.attempt + 1, reason))
         return ends
 
-    async def _generate(self, commands: list[GenerateImages]) -> list[Outcome]:
-        """Per job, how this attempt ends: its images, or why there are none."""
+    async def _generate(self, commands: list[GenerateImages]) -> list[Outcome] | Callable[[], list[Outcome]]:
+        """Per job, how this attempt ends: why it has no images, or (once the pipeline calls are
+        done) a function that makes its images and returns the outcomes."""
         first = commands[0]
         try:
             entry = self.catalog.model(first.spec.model)
@@ -211,15 +260,24 @@ class Worker:
         watch = StepWatch(loop=asyncio.get_running_loop(), publish=self.bus.publish_soon,
                           cancelled=self.cancellations.is_cancelled, interrupted=lambda: self.interrupt)
         try:
-            rendered, dropped = await self.run(self.render, model, commands, watch)
+            rendered = await self.run(self.render, model, commands, watch)
         except Interrupted:
             if self.stopping:  # the worker is shutting down: the same attempt goes back to the queue
                 return [outcomes.requeued(c, c.attempt, "its worker shut down mid-generation") for c in commands]
             return [outcomes.NOTHING for _ in commands]  # cancelled: the cancel announced it, images discarded
         except (InvalidRequest, LoraError) as exc:
             return [outcomes.failed(c, str(exc)) for c in commands]
-        seconds = round(time.perf_counter() - started, 4)
-        return [
-            outcomes.NOTHING if command.job_id in dropped else outcomes.generated(command, images, self.id, seconds)
-            for command, images in zip(commands, rendered, strict=True)
-        ]
+        pipeline_seconds = time.perf_counter() - started
+
+        def finish() -> list[Outcome]:
+            begun = time.perf_counter()
+            images = self.render.finish(commands, rendered, skip=self.cancellations.is_cancelled)
+            # The job's generation time counts its decode and PNGs, not the wait for this thread.
+            seconds = round(pipeline_seconds + time.perf_counter() - begun, 4)
+            return [
+                outcomes.NOTHING if command.job_id in rendered.dropped or not job_images
+                else outcomes.generated(command, job_images, self.id, seconds)
+                for command, job_images in zip(commands, images, strict=True)
+            ]
+
+        return finish

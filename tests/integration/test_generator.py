@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import aio_pika
+import msgspec
 from PIL import Image
 
 from pipelines.png import read_png_text
@@ -31,11 +32,11 @@ CREATED = datetime(2026, 3, 20, 10, 30, tzinfo=UTC)
 
 
 def command(job_id: str, *, seed: int = 7, images: int = 1, model: str = "tiny-sd", width: int = 64, steps: int = 4,
-            attempt: int = 1) -> GenerateImages:
+            attempt: int = 1, prompt: str = "a red fox") -> GenerateImages:
     settings = GenerationSettings(num_images=images, num_inference_steps=steps, guidance_scale=7.5, width=width, height=64,
                                   seed=seed, batch_size=images)
     return GenerateImages(job_id=job_id, created_at=CREATED, attempt=attempt,
-                          spec=JobSpec(prompt="a red fox", negative_prompt="blur", model=model, settings=settings))
+                          spec=JobSpec(prompt=prompt, negative_prompt="blur", model=model, settings=settings))
 
 
 async def test_a_job_runs_with_progress_and_yields_decodable_pngs(with_tiny_model, bus, tap):
@@ -128,3 +129,69 @@ async def test_garbage_commands_are_dead_lettered_and_the_generator_keeps_workin
         assert not task.done()
     [letter] = await dead_letters(bus, 1)
     assert "undecodable" in letter.headers["x-darkroom-reason"]
+
+
+async def test_overlapped_batches_give_the_same_png_bytes_as_one_batch_at_a_time(with_tiny_model, bus, tap):
+    """DARKROOM_OVERLAP=on decodes and encodes off the pipeline thread while the next batch runs;
+    the same jobs in the same batch shape must give the very same files as with it off."""
+    jobs = [("a red fox", 100, 1), ("a blue bird", 200, 2), ("a green frog", 300, 1)]
+    pngs: dict[str, list[bytes]] = {}
+    for overlap in ("on", "off"):
+        settings = msgspec.structs.replace(with_tiny_model, overlap=overlap, max_batch=4)
+        async with running(generator_main, settings, "generator", bus):
+            await bus.send(command(f"blocker-{overlap}", width=128, steps=30))  # the others queue behind it
+            await tap.wait(JobStarted, f"blocker-{overlap}")
+            for n, (prompt, seed, images) in enumerate(jobs):
+                await bus.send(command(f"{overlap}-{n}", seed=seed, images=images, prompt=prompt))
+            for n, (_, _, images) in enumerate(jobs):
+                await tap.wait(ImageGenerated, f"{overlap}-{n}", count=images)
+        assert {tap.of(JobStarted, f"{overlap}-{n}")[0].batch_jobs for n in range(3)} == {3}, "one call for all"
+        pngs[overlap] = [event.png for n in range(3) for event in tap.of(ImageGenerated, f"{overlap}-{n}")]
+    assert len(pngs["on"]) == 4
+    assert pngs["on"] == pngs["off"]
+
+
+async def test_a_job_cancelled_mid_batch_is_dropped_while_its_batch_mate_is_published(with_tiny_model, bus, tap):
+    settings = msgspec.structs.replace(with_tiny_model, max_batch=4)
+    async with running(generator_main, settings, "generator", bus):
+        await bus.send(command("blocker", width=128, steps=30))
+        await tap.wait(JobStarted, "blocker")
+        for job in ("keep", "drop"):
+            await bus.send(command(job, width=128, steps=40))
+        await tap.wait(JobProgressed, "drop")
+        await bus.publish(JobCancelRequested(job_id="drop"))
+        await tap.wait(ImageGenerated, "keep")
+        await bus.send(command("after"))  # the worker carries on
+        await tap.wait(ImageGenerated, "after")
+    assert tap.of(JobStarted, "keep")[0].batch_jobs == 2
+    assert not tap.of(JobCancelled, "drop"), "whoever cancels a job announces it, not the generator"
+    assert max(e.step for e in tap.of(JobProgressed, "drop")) < 40, "its progress stops within a step, not at the end"
+    assert not tap.of(ImageGenerated, "drop"), "a cancelled job's images are never published"
+
+
+class _NoLoop:
+    """Where step reports would go: nowhere (this test reads only the images)."""
+
+    def call_soon_threadsafe(self, *args) -> None:
+        pass
+
+
+def test_decoding_apart_gives_the_same_png_bytes_as_decoding_in_the_call(tiny_model):
+    """On CUDA the VAE decode leaves the pipeline call, to run beside the next batch's UNet: its
+    images must be the very ones the call would have decoded (checked here on the CPU)."""
+    from pipelines.loader import load
+    from schemas.catalog import ModelEntry
+    from services.generator.progress import ProgressSettings, StepWatch
+    from services.generator.render import Renderer
+
+    model = load(ModelEntry(id="tiny-sd", source=str(tiny_model)), "cpu")
+    jobs = [command("a", seed=1, images=2), command("b", seed=2, prompt="a blue bird")]
+    watch = StepWatch(loop=_NoLoop(), publish=lambda event: None, cancelled=lambda job: False, interrupted=lambda: False)
+    pngs = {}
+    for split in (False, True):
+        render = Renderer(lora_folder=tiny_model / "loras", capacity=4, split_decode=split,
+                          progress=ProgressSettings(rate=0, preview_every=0))
+        rendered = render(model, jobs, watch)
+        assert all((result.latents is not None) == split for result, _ in rendered.calls)
+        pngs[split] = [image.png for job in render.finish(jobs, rendered) for image in job]
+    assert len(pngs[True]) == 3 and pngs[True] == pngs[False]

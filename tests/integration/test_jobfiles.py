@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,3 +66,25 @@ def test_inputs_previews_and_images_live_where_the_layout_says(tmp_path: Path):
     files.write_image(paths, b"png", record)
     assert paths.png.read_bytes() == b"png"
     assert files.read_image_record(first) == record
+
+
+def test_the_loser_of_an_outcome_claim_always_reads_the_winners(tmp_path: Path):
+    """The saver's "completed" and a cancel's "cancelled" race for one claim: whoever loses must
+    read the winner's outcome, never an empty claim (then both would think they won)."""
+    files = files_in(tmp_path)
+    empty = []
+    for n in range(400):
+        job = f"job-{n}"
+
+        def claim(outcome: str, job: str = job) -> None:
+            if not files.claim_outcome(job, outcome) and files.outcome(job) is None:
+                empty.append(job)
+
+        racers = [threading.Thread(target=claim, args=(o,)) for o in ("completed", "cancelled")]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join()
+        assert files.outcome(job) in ("completed", "cancelled")
+    assert empty == []
+    assert not [p for p in (tmp_path / "jobs" / ".outcomes").iterdir() if p.name.startswith(".")], "no temp file left"

@@ -31,6 +31,18 @@ def test_bad_values_are_named(env, message):
         Settings.from_env(env)
 
 
+def test_generator_defaults_follow_the_device_unless_set():
+    settings = Settings.from_env({})
+    assert (settings.batch_capacity("cuda"), settings.batch_capacity("cpu")) == (8, 4)
+    assert (settings.dtype, settings.overlap, settings.warmup, settings.compile) == ("auto", "on", "on", "auto")
+    chosen = Settings.from_env({"DARKROOM_MAX_BATCH": "2", "DARKROOM_BATCH_WAIT_MS": "5", "DARKROOM_OVERLAP": "off",
+                                "DARKROOM_COMPILE": "off", "DARKROOM_DTYPE": "bfloat16"})
+    assert (chosen.batch_capacity("cuda"), chosen.batch_wait_ms, chosen.overlap, chosen.compile, chosen.dtype) == (
+        2, 5.0, "off", "off", "bfloat16")
+    with pytest.raises(SettingsError, match="compile"):
+        Settings.from_env({"DARKROOM_COMPILE": "maybe"})
+
+
 def test_sizes():
     assert parse_size("x", "512MB") == 512 * 1000**2
     assert parse_size("x", "1.5GiB") == int(1.5 * 1024**3)

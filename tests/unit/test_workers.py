@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from ops.workers import NAME, permissions
 from schemas.events import WorkerPresence
 from services.generator.presence import Presence, TalliedRender, Tally
+from services.generator.render import Rendered
 from services.ingress.workers import WorkerBoard
 
 
@@ -63,7 +64,7 @@ def test_the_tallied_render_counts_jobs_not_dropped_and_time_spent():
     class Command:
         pass
 
-    tallied = TalliedRender(lambda model, commands, watch: ([[], []], {"dropped-job"}))
+    tallied = TalliedRender(lambda model, commands, watch: Rendered(calls=[], dropped={"dropped-job"}))
     tallied(None, [Command(), Command()], None)
     assert tallied.tally.jobs_done == 1 and tallied.tally.busy_seconds > 0 and tallied.tally.running_since is None
 

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipelines.tiny import MODEL_INDEX, _write_tokenizer
+from pipelines.tiny import MODEL_INDEX, _write_tokenizer, sd_pipeline
 
 SD15_RANDOM_ID = "sd15-random"
 
@@ -21,7 +21,7 @@ def build_sd15_random(folder: Path, seed: int = 0) -> Path:
     if (folder / MODEL_INDEX).exists() and (folder / "unet").exists():
         return folder
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     staging = folder.with_name(f".{folder.name}.building-{os.getpid()}")
@@ -47,14 +47,7 @@ def build_sd15_random(folder: Path, seed: int = 0) -> Path:
         block_out_channels=(128, 256, 512, 512), norm_num_groups=32,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     # Random weights keep their scale in float16; half the bytes to write and to read.
     pipe.to(torch.float16)
     pipe.save_pretrained(staging)

@@ -51,10 +51,24 @@ def _write_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
+def sd_pipeline(*, vae, text_encoder, tokenizer, unet):
+    """An SD 1.x pipeline around the given parts, with SD 1.5's scheduler and no safety checker."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
+    )
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     """Build the tiny pipeline into `folder` (replacing a half-built one). Returns the folder."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     staging = folder.with_name(f".{folder.name}.building-{os.getpid()}")
@@ -82,14 +96,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4, norm_num_groups=32, sample_size=256,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     pipe.save_pretrained(staging)
     try:
         staging.rename(folder)

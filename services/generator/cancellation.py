@@ -57,6 +57,17 @@ class Cancellations:
         """This worker starts the command's attempt."""
         _remember_max(self.started, command.job_id, command.attempt)
 
+    def holding(self, command: GenerateImages) -> None:
+        """This worker took the command: an older attempt of its job that it also holds (waiting,
+        generating or finishing) is a zombie. Both come back together when the broker returns a
+        lost worker's messages: its first attempt and the attempt the reaper requeued into it."""
+        _remember_max(self.superseded, command.job_id, command.attempt)
+
+    def generated(self, job_id: str) -> None:
+        """This worker published the job's images: any copy of its command still around (a
+        redelivery from a worker lost meanwhile) is stale, before job.completed says so too."""
+        _remember(self.ended, job_id)
+
     def follow(self, event: Event) -> None:
         """Note cancellations (a queued job is skipped, a running one stops at its next step) and
         newer attempts (an older attempt of the job is a zombie whose work is dropped)."""

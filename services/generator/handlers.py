@@ -24,6 +24,7 @@ async def generate_images(command: GenerateImages, *, deliveries: int, worker: W
         command = next_attempt(command, command.attempt + deliveries)
     if worker.stopping:
         raise Retry("worker shutting down")
+    worker.cancellations.holding(command)
     await worker.batcher.submit(command, deliveries=deliveries)
 
 

@@ -23,6 +23,7 @@ from schemas.catalog import Catalog, ModelEntry
 from schemas.events import (
     Event,
     GenerateImages,
+    ImageGenerated,
     JobRequeued,
     JobStarted,
     ModelEvicted,
@@ -208,10 +209,11 @@ class Worker:
             # Events first, written to the broker in order (image 1 first), confirms awaited
             # together; then any command to run a job again, so that its job.requeued is recorded
             # before the next attempt can start.
-            await asyncio.gather(*(
-                self.bus.publish(event) for end in ends for event in end.events
-                if not self.cancellations.is_from_zombie(event)
-            ))
+            published = [event for end in ends for event in end.events if not self.cancellations.is_from_zombie(event)]
+            await asyncio.gather(*(self.bus.publish(event) for event in published))
+            for event in published:
+                if isinstance(event, ImageGenerated):
+                    self.cancellations.generated(event.job_id)
             for end in ends:
                 for command in end.requeue:
                     await self.bus.send(command)

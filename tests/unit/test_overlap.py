@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from schemas.events import GenerateImages, ImageGenerated, JobCancelled, JobCancelRequested, JobRequeued, JobStarted
 from schemas.jobs import GenerationSettings, JobSpec
 from services.generator.batcher import Batcher
-from services.generator.handlers import follow_job
+from services.generator.handlers import follow_job, generate_images
 from services.generator.render import RenderedImage
 from services.generator.worker import Options, Worker
 from tests.support import wait_for
@@ -285,6 +285,41 @@ def test_the_batcher_waits_to_fill_a_call_only_while_jobs_are_arriving():
         burst += [asyncio.create_task(batcher.submit(command(f"b{n}"))) for n in range(2, 4)]
         await asyncio.gather(*burst)
         assert taken == [["lone"], ["b0", "b1", "b2", "b3"]]
+        running.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_two_attempts_of_one_job_held_together_only_the_newest_is_published():
+    """A lost worker's messages come back together: its attempt 1 (renumbered 2) and the attempt 2
+    the reaper requeued into its prefetch (renumbered 3). The newer one alone may end the job."""
+    async def scenario():
+        render = Render()
+        w = worker(render, overlap=True)
+        running = asyncio.create_task(w.batcher.run())
+        older = asyncio.create_task(generate_images(command("j0", 1), deliveries=1, worker=w))
+        await until(lambda: "generate j0" in render.log)
+        newer = asyncio.create_task(generate_images(command("j0", 2), deliveries=1, worker=w))
+        await until(lambda: w.batcher._waiting)
+        render.gate("j0").set()
+        await asyncio.gather(older, newer)
+        assert generated(w) == [("j0", 3)], "attempt 2 became a zombie when attempt 3 arrived"
+        running.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_redelivered_copy_of_a_job_this_worker_already_generated_is_dropped():
+    async def scenario():
+        render = Render()
+        render.gate("j0").set()
+        w = worker(render, overlap=True)
+        running = asyncio.create_task(w.batcher.run())
+        await generate_images(command("j0", 1), deliveries=1, worker=w)
+        # Its job.completed has not come back yet when another copy arrives.
+        await generate_images(command("j0", 2), deliveries=1, worker=w)
+        assert generated(w) == [("j0", 2)]
+        assert render.log == ["generate j0", "finish j0"], "the copy never ran"
         running.cancel()
 
     asyncio.run(scenario())

@@ -147,6 +147,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ingress_url: str = ""
     worker_token: str = ""
     presence_interval: float = 10.0
+    # Where jobs wait for a generator: `affinity`, each model's own queue, consumed by the workers
+    # that have it warm (a worker switches models only when its models' queues are empty); or
+    # `shared`, one queue for all, whichever worker is free takes the next job (random dispatch).
+    routing: Literal["affinity", "shared"] = "affinity"
+    # Seconds a model's jobs may wait with no worker consuming its queue before a busy worker
+    # takes it over at its next batch boundary (an idle worker takes it at once).
+    affinity_patience: float = 10.0
 
     def batch_capacity(self, device_type: str) -> int:
         """Images per pipeline call: `max_batch`, or by device when it is 0."""

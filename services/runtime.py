@@ -129,6 +129,7 @@ class LiveCatalog:
 async def connected(settings: Settings, name: str) -> AsyncIterator[Bus]:
     """A bus for the service, closed (consumers cancelled, in-flight publishes flushed) on exit."""
     bus = await Bus.connect(settings.amqp_url or DEFAULT_AMQP_URL, Topology(settings.namespace), name=name)
+    bus.routing = settings.routing
     structlog.get_logger(name).info("connected to broker", namespace=settings.namespace)
     try:
         yield bus

@@ -61,7 +61,7 @@ REMOVE_MODEL = "remove_model"
 # but letters, digits, `.`, `_` and `-` (darkroom.toml keys may), and shortened with a hash when long.
 ROUTINGS = ("affinity", "shared")
 MODEL_QUEUE_STAGE = "generator"
-_PLAIN_MODEL_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+_PLAIN_MODEL_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 # Queue names and routing keys are at most 255 bytes; the namespace and the prefix need some.
 _LONGEST_MODEL_NAME = 160
 

@@ -27,7 +27,8 @@ def three_models(settings: Settings, *, default: str | None = None, **changes) -
     for model in MODELS:
         lines += [f"[models.{model}]", f'source = "{source}"', 'dtype = "float32"']
     Path(settings.config_path).write_text("\n".join(lines) + "\n")
-    return msgspec.structs.replace(settings, memory_budget=1, torch_threads=1, warmup="off", max_batch=2, **changes)
+    return msgspec.structs.replace(settings, **{"memory_budget": 1, "torch_threads": 1, "warmup": "off",
+                                                "max_batch": 2, **changes})
 
 
 def environment(settings: Settings) -> dict[str, str]:

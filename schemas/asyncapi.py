@@ -129,7 +129,7 @@ def asyncapi_document(namespace: str = "darkroom") -> dict:
                                if stages else "")
                             + (f"Under affinity routing (DARKROOM_ROUTING=affinity, the default) it is sent with "
                                f"`{key}.<model>` instead, to that model's own queue `{topo.queue('generator')}.<model>` "
-                               "(<model> %-encoded unless it is letters, digits, `.`, `_` and `-`). "
+                               "(in <model> any character but letters, digits, `.`, `_` and `-` is `:` and its UTF-8 bytes in hex). "
                                if key == t.GENERATE_IMAGES else "")
                             + ("Transient (not persisted, may be dropped)." if cls in TRANSIENT_EVENTS else
                                "Persistent, published with confirms.")),

@@ -13,7 +13,6 @@ import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
@@ -57,22 +56,23 @@ REMOVE_MODEL = "remove_model"
 # Model-affinity routing (DARKROOM_ROUTING=affinity, the default): a GenerateImages for model M is
 # sent with `generate_images.<M>` to M's own queue, `<namespace>.generator.<M>`, which the workers
 # with M warm consume; `shared` sends every one with `generate_images` to the one generator queue
-# (which every worker always consumes too). <M> is the model id, %-encoded when it holds anything
-# but letters, digits, `.`, `_` and `-` (darkroom.toml keys may), and shortened with a hash when long.
+# (which every worker always consumes too). <M> is the model id; any character but letters,
+# digits, `.`, `_` and `-` (darkroom.toml keys may hold them) becomes `:` and its UTF-8 bytes in hex
+# (AMQP allows only `[A-Za-z0-9-_.:]` in queue names), and a long id is cut and given a hash.
 ROUTINGS = ("affinity", "shared")
 MODEL_QUEUE_STAGE = "generator"
-_PLAIN_MODEL_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+_PLAIN = re.compile(r"[A-Za-z0-9._-]")
 # Queue names and routing keys are at most 255 bytes; the namespace and the prefix need some.
 _LONGEST_MODEL_NAME = 160
 
 
 def model_name(model_id: str) -> str:
-    """How model `model_id` is spelled in its queue name and routing key."""
+    """How model `model_id` is spelled in its queue name and routing key (`my model` -> `my:20model`)."""
     if not model_id:
         raise ValueError("a model queue needs a model id, got an empty one")
-    name = model_id if _PLAIN_MODEL_ID.match(model_id) else quote(model_id, safe="_-")
+    name = "".join(c if _PLAIN.fullmatch(c) else "".join(f":{b:02X}" for b in c.encode()) for c in model_id)
     if len(name) > _LONGEST_MODEL_NAME:
-        name = f"{name[:_LONGEST_MODEL_NAME - 17]}~{hashlib.sha256(model_id.encode()).hexdigest()[:16]}"
+        name = f"{name[:_LONGEST_MODEL_NAME - 17]}.{hashlib.sha256(model_id.encode()).hexdigest()[:16]}"
     return name
 
 

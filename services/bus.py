@@ -154,7 +154,13 @@ class Bus:
         key = route = routing_key(command)
         if isinstance(command, GenerateImages) and self.routing == "affinity":
             route = await self._model_route(command.spec.model)
-        await self._publish(self.topology.commands, route, encoder.encode(command), command.command_id, False, kind=key)
+        try:
+            await self._publish(self.topology.commands, route, encoder.encode(command), command.command_id, False,
+                                kind=key)
+        except BrokerUnavailable:
+            # The model queue may be gone (deleted by hand): the next send declares it again.
+            self._model_queues.discard(self.topology.model_queue(command.spec.model) if route != key else "")
+            raise
 
     async def _model_route(self, model_id: str) -> str:
         """The routing key to `model_id`'s queue, declaring and binding the queue the first time."""

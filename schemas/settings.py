@@ -191,6 +191,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             settings = msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"invalid DARKROOM_* setting: {exc}") from exc
+        if settings.affinity_patience < 0:
+            raise SettingsError(f"DARKROOM_AFFINITY_PATIENCE must be 0 or more seconds, got {settings.affinity_patience}")
         unknown = sorted(set(settings.service_list) - set(SERVICES))
         if unknown:
             raise SettingsError(f"DARKROOM_SERVICES names unknown services {unknown}; valid: {', '.join(SERVICES)}")

@@ -169,17 +169,12 @@ class Bus:
             if self._confirming is None:
                 raise BrokerUnavailable("bus is not open")
             try:
-                await self._declare_model_queue(self._confirming, model_id)
+                await declare_model_queue(self._confirming, self.topology, model_id)
             except (TimeoutError, *CONNECTION_ERRORS) as exc:
                 raise BrokerUnavailable(f"broker unreachable while declaring {name}: {exc}") from exc
             self._model_queues.add(name)
         return topology.generate_images_key(model_id)
 
-    async def _declare_model_queue(self, channel: AbstractChannel, model_id: str) -> AbstractQueue:
-        queue = await channel.declare_queue(self.topology.model_queue(model_id), durable=True,
-                                            arguments=self.topology.model_queue_arguments(model_id))
-        await queue.bind(self.topology.commands, routing_key=topology.generate_images_key(model_id))
-        return queue
 
     async def send_later(self, command: Command, queue: str, delay: float, arguments: dict[str, Any]) -> None:
         """Park a command in the delay queue `queue` for `delay` seconds, confirmed; the queue
@@ -257,7 +252,7 @@ class Bus:
                 queue = await channel.declare_queue(self.topology.queue(stage), durable=True,
                                                     arguments=self.topology.queue_arguments(stage))
             else:
-                queue = self._model_consumers[model] = await self._declare_model_queue(channel, model)
+                queue = self._model_consumers[model] = await declare_model_queue(channel, self.topology, model)
         tag = await queue.consume(callback, no_ack=False)
         self._consumers.append((queue, tag))
         return queue
@@ -451,6 +446,15 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
         queue = await channel.declare_queue(topo.queue(stage), durable=True, arguments=topo.queue_arguments(stage))
         for key in keys:
             await queue.bind(exchanges[exchange], routing_key=key)
+
+
+async def declare_model_queue(channel: AbstractChannel, topo: Topology, model_id: str) -> AbstractQueue:
+    """Declare model `model_id`'s generator queue and bind it on the commands exchange (affinity
+    routing); idempotent, from senders and consumers alike."""
+    queue = await channel.declare_queue(topo.model_queue(model_id), durable=True,
+                                        arguments=topo.model_queue_arguments(model_id))
+    await queue.bind(topo.commands, routing_key=topology.generate_images_key(model_id))
+    return queue
 
 
 def _redact(url: str) -> str:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from schemas import topology
+from schemas.settings import Settings, SettingsError
 from schemas.topology import Topology
 from services.generator.affinity import Affinity, ModelQueue, choose
 
@@ -135,3 +136,15 @@ async def test_a_busy_worker_leaves_a_waiting_queue_to_others_until_it_starves()
     routing.unserved_since["b"] -= 11  # b's jobs have waited past the patience with no consumer
     await routing.step()
     assert set(routing.consuming) == {"b"}
+
+
+def test_routing_settings_are_read_and_bad_values_named():
+    settings = Settings.from_env({"DARKROOM_ROUTING": "shared", "DARKROOM_AFFINITY_PATIENCE": "2.5"})
+    assert (settings.routing, settings.affinity_patience) == ("shared", 2.5)
+    assert Settings.from_env({}).routing == "affinity"
+    with pytest.raises(SettingsError, match="routing"):
+        Settings.from_env({"DARKROOM_ROUTING": "random"})
+    with pytest.raises(SettingsError, match="DARKROOM_AFFINITY_PATIENCE"):
+        Settings.from_env({"DARKROOM_AFFINITY_PATIENCE": "soon"})
+    with pytest.raises(SettingsError, match="DARKROOM_AFFINITY_PATIENCE must be 0 or more"):
+        Settings.from_env({"DARKROOM_AFFINITY_PATIENCE": "-1"})

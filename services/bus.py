@@ -158,8 +158,8 @@ class Bus:
             await self._publish(self.topology.commands, route, encoder.encode(command), command.command_id, False,
                                 kind=key)
         except BrokerUnavailable:
-            # The model queue may be gone (deleted by hand): the next send declares it again.
-            self._model_queues.discard(self.topology.model_queue(command.spec.model) if route != key else "")
+            if route != key:  # its model's queue may be gone (deleted by hand): the next send declares it
+                self._model_queues.discard(self.topology.model_queue(command.spec.model))
             raise
 
     async def _model_route(self, model_id: str) -> str:
@@ -174,7 +174,6 @@ class Bus:
                 raise BrokerUnavailable(f"broker unreachable while declaring {name}: {exc}") from exc
             self._model_queues.add(name)
         return topology.generate_images_key(model_id)
-
 
     async def send_later(self, command: Command, queue: str, delay: float, arguments: dict[str, Any]) -> None:
         """Park a command in the delay queue `queue` for `delay` seconds, confirmed; the queue

@@ -4,7 +4,8 @@ Under affinity routing every model's jobs wait in their own queue (`schemas/topo
 worker consumes the queues of the models it has warm, and stops consuming a model's queue as soon
 as the model is evicted (jobs it already holds it still finishes, or hands back). When it holds
 nothing, its queues are empty: it then looks at the other models' queues and takes the one with
-the most jobs waiting per consumer, so it switches models only when its own have no work. A busy
+the most jobs waiting per consumer (one that others serve only for a full batch at least), so it
+switches models only when its own have no work. A busy
 worker takes a queue whose jobs have waited `patience` seconds with no consumer at all (nobody
 starves). The shared generator queue is consumed always (main.py), whatever the routing.
 """
@@ -51,16 +52,18 @@ class ModelQueue:
 
 
 def choose(queues: Iterable[ModelQueue], *, idle: bool, unserved_since: dict[str, float], now: float,
-           patience: float, rng: random.Random) -> str | None:
+           patience: float, rng: random.Random, batch: int = 1) -> str | None:
     """Which other model's queue to take, or None: idle, the one with the most jobs waiting per
-    consumer (ties at random); busy, only one whose jobs waited `patience` seconds with no
-    consumer (the longest-waiting first)."""
+    consumer (ties at random), a queue others serve only if that is a full `batch` at least (a
+    load costs more than it saves for fewer); busy, only one whose jobs waited `patience` seconds
+    with no consumer (the longest-waiting first)."""
     waiting = [q for q in queues if q.waiting > 0]
     if idle:
-        if not waiting:
+        worth = [q for q in waiting if not q.consumers or q.share >= batch]
+        if not worth:
             return None
-        best = max(q.share for q in waiting)
-        return rng.choice([q.model for q in waiting if q.share == best])
+        best = max(q.share for q in worth)
+        return rng.choice([q.model for q in worth if q.share == best])
     starved = [q for q in waiting if q.consumers == 0 and now - unserved_since.get(q.model, now) >= patience]
     if not starved:
         return None
@@ -151,7 +154,7 @@ class Affinity:
         unserved = {q.model for q in queues if q.waiting and not q.consumers}
         self.unserved_since = {m: self.unserved_since.get(m, now) for m in unserved}
         return choose(queues, idle=idle, unserved_since=self.unserved_since, now=now, patience=self.patience,
-                      rng=self.rng)
+                      rng=self.rng, batch=self.worker.options.max_batch)
 
     async def look(self, models: Iterable[str]) -> list[ModelQueue]:
         """The queues of `models` that exist, with their waiting jobs and consumers."""

@@ -56,6 +56,14 @@ def test_an_idle_worker_takes_the_queue_with_the_most_jobs_waiting_per_consumer(
     assert choose(queues(("a", 0, 0)), idle=True, unserved_since={}, now=0, patience=10, rng=rng) is None
 
 
+def test_an_idle_worker_joins_a_served_queue_only_for_a_full_batch():
+    served = queues(("a", 7, 1))  # 7 / 2 = 3.5 jobs each, counting the joiner
+    assert choose(served, idle=True, unserved_since={}, now=0, patience=10, rng=random.Random(), batch=4) is None
+    assert choose(served, idle=True, unserved_since={}, now=0, patience=10, rng=random.Random(), batch=3) == "a"
+    assert choose(queues(("b", 1, 0)), idle=True, unserved_since={}, now=0, patience=10, rng=random.Random(),
+                  batch=8) == "b", "an unserved queue is taken for a single job"
+
+
 def test_ties_are_broken_at_random():
     picks = {choose(queues(("a", 5, 0), ("b", 5, 0), ("c", 5, 0)), idle=True, unserved_since={}, now=0,
                     patience=10, rng=random.Random(seed)) for seed in range(40)}
@@ -100,7 +108,7 @@ class FakeBus:
 
 def affinity(warm: list[str], catalog: list[str], *, empty: bool = True) -> tuple[Affinity, FakeBus, FakeCache]:
     bus, cache = FakeBus(), FakeCache(warm)
-    worker = SimpleNamespace(cache=cache, batcher=SimpleNamespace(empty=empty),
+    worker = SimpleNamespace(cache=cache, batcher=SimpleNamespace(empty=empty), options=SimpleNamespace(max_batch=4),
                              catalog=SimpleNamespace(models={m: None for m in catalog}, model=lambda m: SimpleNamespace(id=m)))
 
     async def consume(model: str) -> str:

@@ -89,9 +89,15 @@ async def test_with_affinity_three_workers_serve_three_models_with_few_loads(wit
 async def test_shared_routing_still_serves_every_job(with_tiny_model, bus, tap):
     bus.routing = "shared"  # how the enricher and the reaper send under DARKROOM_ROUTING=shared
     settings = three_models(with_tiny_model, routing="shared")
-    await run_mixed(settings, bus, tap, 12)
-    assert (await bus.queue_depths([bus.topology.model_queue(model) for model in MODELS])) == {}, \
-        "no model queue was ever needed"
+    jobs = mixed_jobs(12)
+    for job in jobs:
+        await bus.send(job)
+    shared = bus.topology.queue("generator")
+    waiting = await bus.queue_depths([shared, *(bus.topology.model_queue(model) for model in MODELS)])
+    assert waiting == {shared: (12, 0)}, "every job waits in the one generator queue; no model queue exists"
+    async with workers(settings, bus, 3):
+        await tap.wait(ImageGenerated, count=12, timeout=240)
+    assert {event.job_id for event in tap.of(ImageGenerated)} == {job.job_id for job in jobs}
 
 
 async def test_an_idle_worker_takes_the_queue_of_a_model_nobody_serves(with_tiny_model, bus, tap):

@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait up to this long for the jobs that use it to end")
     remove.set_defaults(func=cmd_models)
     worker = sub.add_parser("worker", help="run a generator on this host for a Darkroom elsewhere (shares only the broker)")
-    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS")
+    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS; "
+                        "a cluster's nodes comma-separated")
     worker.add_argument("--ingress", help="the control node's API, for LoRA files (DARKROOM_INGRESS_URL)")
     worker.add_argument("--token", help="the worker key from `darkroom workers add` (DARKROOM_WORKER_TOKEN)")
     worker.add_argument("--models", help="this worker's own folder: models/ and fetched LoRAs (DARKROOM_DATA_DIR)")

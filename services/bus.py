@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from yarl import URL
 
 from schemas import topology
 from schemas.events import TRANSIENT_EVENTS, AnyCommand, AnyEvent, Command, Event, new_id
+from schemas.settings import broker_urls, redact_url
 from schemas.topology import DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER, REPLY_TO, Topology
 
 log = structlog.get_logger("bus")
@@ -43,6 +45,9 @@ PUBLISH_TIMEOUT = 15.0
 # AMQP heartbeat, seconds: a process that stops answering (frozen, stopped, partitioned) loses its
 # connection after about two of these, and the broker gives the messages it held to others.
 HEARTBEAT = 10
+# Seconds between reconnect attempts after a failed one (aio-pika's default is 5): with a cluster
+# the next attempt goes to another node, which is most likely up.
+RECONNECT_INTERVAL = 1
 
 # One encoder and one decoder of each kind per process.
 encoder = msgspec.json.Encoder()
@@ -71,6 +76,65 @@ def routing_key(message: Event | Command) -> str:
     return type(message).__struct_config__.tag  # type: ignore[return-value]
 
 
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection to any of several broker nodes (one cluster): after a drop, or a failed
+    attempt, the next attempt goes to the next address, and aio-pika restores channels, queues,
+    bindings and consumers there as it would on the same node.
+
+    aio-pika's RobustConnection reconnects only to `self.url`, and clears `transport` at the start of
+    every attempt (`_RobustConnection__connect_transport`, and `close`): that assignment is where
+    `url` moves on. tests/integration/test_cluster.py holds it to that.
+    """
+
+    def __init__(self, urls: list[URL], start: int, **kwargs: Any):
+        self.addresses = urls
+        self._turn = start
+        super().__init__(urls[start % len(urls)], **kwargs)
+
+    @property
+    def transport(self) -> Any:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None and "_transport" in self.__dict__:  # an attempt begins (not __init__)
+            self._turn += 1
+            self.url = self.addresses[self._turn % len(self.addresses)]
+        self.__dict__["_transport"] = value
+
+
+async def connect_robust(url: str, *, name: str, timeout: float = 30.0) -> FailoverConnection:
+    """A robust connection to `url` (one AMQP URL or a cluster's comma-separated nodes), retried
+    over every address until `timeout`.
+
+    Each process starts at a random node, so that a cluster's connections spread over its nodes."""
+    urls = [URL(part).update_query(heartbeat=HEARTBEAT, reconnect_interval=RECONNECT_INTERVAL)
+            for part in broker_urls(url)]
+    deadline = asyncio.get_running_loop().time() + timeout
+    turn = random.randrange(len(urls))
+    waiting_logged = False
+    while True:
+        # Made here, not by aio_pika.connect_robust(), so that an attempt cut short (shutdown while
+        # the broker is away) can be closed instead of leaving its reconnect loop running.
+        connection = FailoverConnection(urls, turn, client_properties={"connection_name": name})
+        try:
+            await connection.connect(timeout=5)
+            return connection
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            if not isinstance(exc, (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError)):
+                raise
+            where = ", ".join(redact_url(str(u)) for u in urls)
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+            if not waiting_logged:
+                log.info("waiting for the broker", url=where)
+                waiting_logged = True
+            turn += 1
+            await asyncio.sleep(0.25)
+
+
 class Bus:
     """A robust connection with a confirming channel for durable messages and a plain one for transient ones."""
 
@@ -87,29 +151,9 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, topology: Topology, *, name: str, timeout: float = 30.0) -> Bus:
-        """Connect (retrying until `timeout`), open channels and declare the whole topology."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        waiting_logged = False
-        while True:
-            # Made here, not by connect_robust(), so that an attempt cut short (shutdown while the
-            # broker is away) can be closed instead of leaving its reconnect loop running.
-            connection = aio_pika.RobustConnection(
-                URL(url).update_query(heartbeat=HEARTBEAT), client_properties={"connection_name": name}
-            )
-            try:
-                await connection.connect(timeout=5)
-                break
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    await connection.close()
-                if not isinstance(exc, (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError)):
-                    raise
-                if asyncio.get_running_loop().time() > deadline:
-                    raise BrokerUnavailable(f"cannot reach RabbitMQ at {_redact(url)}: {exc}") from exc
-                if not waiting_logged:
-                    log.info("waiting for the broker", url=_redact(url))
-                    waiting_logged = True
-                await asyncio.sleep(0.25)
+        """Connect to `url` (one AMQP URL, or the comma-separated nodes of a cluster; retrying until
+        `timeout`), open channels and declare the whole topology."""
+        connection = await connect_robust(url, name=name, timeout=timeout)
         bus = cls(connection, topology)
         await bus.open()
         return bus
@@ -399,10 +443,3 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
         queue = await channel.declare_queue(topo.queue(stage), durable=True, arguments=topo.queue_arguments(stage))
         for key in keys:
             await queue.bind(exchanges[exchange], routing_key=key)
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -32,6 +32,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from pamqp.commands import Basic
 from yarl import URL
 
 from schemas import topology
@@ -42,6 +43,9 @@ from schemas.topology import DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER,
 log = structlog.get_logger("bus")
 
 PUBLISH_TIMEOUT = 15.0
+# A quorum queue that lost its leader (its node died) nacks publishes until it has elected another,
+# a few seconds on a cluster: a nacked publish is sent again, with backoff, for this long.
+NACK_RETRY_SECONDS = 20.0
 # AMQP heartbeat, seconds: a process that stops answering (frozen, stopped, partitioned) loses its
 # connection after about two of these, and the broker gives the messages it held to others.
 HEARTBEAT = 10
@@ -223,16 +227,30 @@ class Bus:
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT if transient else aio_pika.DeliveryMode.PERSISTENT,
             expiration=expiration,
         )
-        try:
-            ex = self._exchanges[exchange]
-            if transient:
-                ex = self._transient_exchanges.get(exchange) or await channel.get_exchange(exchange, ensure=False)
-                self._transient_exchanges[exchange] = ex
-            await ex.publish(message, routing_key=key, mandatory=not transient, timeout=PUBLISH_TIMEOUT)
-        except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
-            raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
-        except (TimeoutError, *CONNECTION_ERRORS) as exc:
-            raise BrokerUnavailable(f"broker unreachable while publishing {key}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + NACK_RETRY_SECONDS, 0.1
+        while True:
+            try:
+                ex = self._exchanges[exchange]
+                if transient:
+                    ex = self._transient_exchanges.get(exchange) or await channel.get_exchange(exchange, ensure=False)
+                    self._transient_exchanges[exchange] = ex
+                await ex.publish(message, routing_key=key, mandatory=not transient, timeout=PUBLISH_TIMEOUT)
+                return
+            except aio_pika.exceptions.DeliveryError as exc:
+                if not isinstance(exc.frame, Basic.Nack) or loop.time() + delay > deadline:
+                    raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
+                # Not a reason to give the message being handled back (each return counts towards
+                # its delivery limit, and an election outlasts a few of them): the same message,
+                # same id, again; consumers skip the copy a queue that did take it may now hold.
+                log.info("broker nacked a publish (a quorum queue electing a leader?); publishing again",
+                         key=key, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+            except aio_pika.exceptions.PublishError as exc:
+                raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
+            except (TimeoutError, *CONNECTION_ERRORS) as exc:
+                raise BrokerUnavailable(f"broker unreachable while publishing {key}: {exc}") from exc
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
         """Park a message in the dead-letter queue with the reason, then ack the original."""

@@ -152,6 +152,7 @@ class Bus:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task] = set()
         self._delay_queues: set[str] = set()
+        self._renewing = asyncio.Lock()
 
     @classmethod
     async def connect(cls, url: str, topology: Topology, *, name: str, timeout: float = 30.0) -> Bus:
@@ -163,12 +164,36 @@ class Bus:
         return bus
 
     async def open(self) -> None:
-        self._confirming = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         self._transient = await self.connection.channel(publisher_confirms=False)
+        await self._open_confirming()
         await declare_topology(self._confirming, self.topology)
+
+    async def _open_confirming(self) -> None:
+        self._confirming = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         for name in (self.topology.events, self.topology.commands, self.topology.dead_letter):
             self._exchanges[name] = await self._confirming.get_exchange(name, ensure=False)
         self._exchanges[""] = self._confirming.default_exchange  # routes straight to a named queue
+
+    async def _renew_confirming(self, nacked: AbstractChannel) -> None:
+        """A new confirming channel in place of `nacked`, unless another publish renewed it already.
+
+        RabbitMQ 3.10: a channel whose first publish to a quorum queue met that queue without a
+        leader (its node just died) has every later publish to it nacked, long after a new leader
+        took over, while a new channel's are confirmed. The old channel is closed once the
+        publishes still in flight on it had their time."""
+        async with self._renewing:
+            if self._confirming is not nacked:
+                return
+            await self._open_confirming()
+
+        async def close_later() -> None:
+            await asyncio.sleep(PUBLISH_TIMEOUT)
+            with contextlib.suppress(Exception):
+                await nacked.close()
+
+        task = asyncio.ensure_future(close_later())
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     @property
     def connected(self) -> bool:
@@ -230,6 +255,7 @@ class Bus:
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + NACK_RETRY_SECONDS, 0.1
         while True:
+            channel = self._transient if transient else self._confirming
             try:
                 ex = self._exchanges[exchange]
                 if transient:
@@ -246,6 +272,7 @@ class Bus:
                 log.info("broker nacked a publish (a quorum queue electing a leader?); publishing again",
                          key=key, retry_in=delay)
                 await asyncio.sleep(delay)
+                await self._renew_confirming(channel)
                 delay = min(2.0, delay * 2)
             except aio_pika.exceptions.PublishError as exc:
                 raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc

@@ -66,11 +66,12 @@ def test_a_killed_node_loses_no_job_and_duplicates_no_image(tiny_model, tmp_path
         generator_queue = next(name for name in leaders if name.endswith(".generator"))
         assert all(len(members) == 3 for _, members in leaders.values()), leaders
 
+        victim = cluster.connections()["generator"]  # the node the generator is connected to
         ids, wanted = [], {}
         for number in range(JOBS):
             images = 1 + number % 2
             answer = api.post("/v1/jobs", json={"prompt": f"a lighthouse {number}", "model": "tiny-sd", "settings": {
-                "width": 64, "height": 64, "num_inference_steps": 6, "seed": number, "num_images": images}})
+                "width": 64, "height": 64, "num_inference_steps": 10, "seed": number, "num_images": images}})
             assert answer.status_code == 202, answer.text
             ids.append(answer.json()["id"])
             wanted[ids[-1]] = images
@@ -80,11 +81,10 @@ def test_a_killed_node_loses_no_job_and_duplicates_no_image(tiny_model, tmp_path
 
         # Mid-run: some jobs done, most still queued or generating.
         wait_for_sync(lambda: statuses()["completed"] >= 2, timeout=60, interval=0.2, what="the first jobs")
-        before = statuses()
-        assert before["completed"] < JOBS // 2, f"the batch ran too fast to be cut in the middle: {before}"
-        victim = cluster.connections()["generator"]
         cluster.node_named(victim).kill()
         killed_at = time.monotonic()
+        before = statuses()
+        assert before["completed"] < JOBS // 2, f"the batch ran too fast to be cut in the middle: {before}"
 
         def all_completed() -> list[dict]:
             docs = []

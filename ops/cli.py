@@ -25,6 +25,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(settings)
 
 
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ops.cluster import serve
+
+    base = Path(args.dir) if args.dir else _settings().data_path / "rabbitmq-cluster"
+    return serve(base, args.nodes, args.port)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
@@ -201,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start RabbitMQ (unless DARKROOM_AMQP_URL is set), every service and the API")
     run.set_defaults(func=cmd_run)
+    broker = sub.add_parser("broker", help="RabbitMQ on this machine")
+    broker_sub = broker.add_subparsers(dest="broker_command", required=True)
+    cluster = broker_sub.add_parser("cluster", help="run a RabbitMQ cluster of several nodes here (quorum queues "
+                                                    "replicated on each) until Ctrl-C; prints DARKROOM_AMQP_URL")
+    cluster.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    cluster.add_argument("--port", type=int, default=0,
+                         help="AMQP port of node 1; node n listens on PORT+n-1 (default: free ports)")
+    cluster.add_argument("--dir", help="the nodes' folder (default: <data dir>/rabbitmq-cluster)")
+    cluster.set_defaults(func=cmd_broker)
     bench = sub.add_parser("bench", help="measure Darkroom against its baselines (default: every case)")
     bench.add_argument("cases", nargs="*", help="case names (overhead, saturation, memory, ingress, broker, ...)")
     bench.add_argument("--quick", action="store_true", help="small counts: keeps the harness working in the test suite")

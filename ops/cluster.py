@@ -135,3 +135,37 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve(base: Path, size: int, first_port: int) -> int:
+    """`darkroom broker cluster`: start the cluster, say how to use it, run until SIGINT or SIGTERM."""
+    stop = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    started = time.monotonic()
+    try:
+        cluster = Cluster(base, size, first_port).start()
+    except BrokerError as exc:
+        print(f"darkroom broker cluster: {exc}", flush=True)
+        return 1
+    print(f"{size} RabbitMQ nodes clustered in {time.monotonic() - started:.0f} s under {cluster.base}:\n"
+          + "".join(f"  {node.node}  amqp port {node.port}\n" for node in cluster.nodes)
+          + f"\nPoint Darkroom at all of them (Ctrl-C here stops the cluster):\n"
+          f"  export DARKROOM_AMQP_URL={cluster.url}\n  darkroom run\n", flush=True)
+    try:
+        while not stop:
+            dead = [node.node for node in cluster.nodes if not node.alive]
+            if dead:
+                print(f"node(s) {', '.join(dead)} stopped; the others carry on", flush=True)
+                for node in cluster.nodes:
+                    if not node.alive:
+                        node.relaunch()
+            time.sleep(1)
+    finally:
+        cluster.stop()
+    return 0

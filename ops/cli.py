@@ -78,6 +78,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     from ops import deadletters, events
     from schemas.topology import Topology
+    from services.bus import BrokerUnavailable
 
     settings = _settings()
     url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
@@ -86,6 +87,9 @@ def cmd_events(args: argparse.Namespace) -> int:
                                 as_json=args.json, count=args.count))
     except KeyboardInterrupt:
         pass
+    except BrokerUnavailable as exc:
+        print(f"darkroom events: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

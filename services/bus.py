@@ -112,8 +112,8 @@ async def connect_robust(url: str, *, name: str, timeout: float = 30.0) -> Failo
     over every address until `timeout`.
 
     Each process starts at a random node, so that a cluster's connections spread over its nodes."""
-    urls = [URL(part).update_query(heartbeat=HEARTBEAT, reconnect_interval=RECONNECT_INTERVAL)
-            for part in broker_urls(url)]
+    given = broker_urls(url)
+    urls = [URL(part).update_query(heartbeat=HEARTBEAT, reconnect_interval=RECONNECT_INTERVAL) for part in given]
     deadline = asyncio.get_running_loop().time() + timeout
     turn = random.randrange(len(urls))
     waiting_logged = False
@@ -129,7 +129,7 @@ async def connect_robust(url: str, *, name: str, timeout: float = 30.0) -> Failo
                 await connection.close()
             if not isinstance(exc, (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError)):
                 raise
-            where = ", ".join(redact_url(str(u)) for u in urls)
+            where = ", ".join(redact_url(part) for part in given)
             if asyncio.get_running_loop().time() > deadline:
                 raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {exc}") from exc
             if not waiting_logged:

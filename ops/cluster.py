@@ -87,6 +87,13 @@ class Cluster:
                                       "--formatter", "json"))
         return {row["name"]: (row["leader"], list(row["members"])) for row in rows if row.get("type") == "quorum"}
 
+    def consumers(self) -> dict[str, int]:
+        """Each queue's consumer count, as the first node alive sees them (queues of a dead node
+        that are gone with it are not listed)."""
+        via = next(node for node in self.nodes if node.alive)
+        rows = json.loads(rabbitmqctl(via.base, "list_queues", "name", "consumers", "--formatter", "json"))
+        return {row["name"]: int(row["consumers"]) for row in rows}
+
     def connections(self) -> dict[str, str]:
         """Which node each client connection (by its connection_name) is on: {name: node}."""
         via = next(node for node in self.nodes if node.alive)

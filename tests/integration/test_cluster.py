@@ -110,9 +110,9 @@ def test_a_killed_node_loses_no_job_and_duplicates_no_image(cluster, tiny_model,
 
         wait_for_sync(healthy, timeout=120, interval=0.25, what="the stack to report healthy")
         # Every stage queue is replicated on all three nodes (declared after the cluster formed).
-        leaders = cluster.queue_leaders()
-        generator_queue = next(name for name in leaders if name.endswith(".generator"))
-        assert all(len(members) == 3 for _, members in leaders.values()), leaders
+        leaders = {name: led for name, led in cluster.queue_leaders().items() if name.startswith("darkroom.")}
+        generator_queue = "darkroom.generator"
+        assert generator_queue in leaders and all(len(members) == 3 for _, members in leaders.values()), leaders
 
         victim = cluster.connections()["generator"]  # the node the generator is connected to
         ids, wanted = [], {}
@@ -164,6 +164,11 @@ def test_a_killed_node_loses_no_job_and_duplicates_no_image(cluster, tiny_model,
         after = cluster.connections()
         assert after.get("generator") not in (None, victim), after
         assert victim not in after.values(), after
+        # Followers (classic queues, on one node each) were declared again where their process is
+        # now: the generator's cancellations, the ingress's live events and worker list.
+        consumers = cluster.consumers()
+        for follower in ("darkroom.generator-follow.", "darkroom.ingress.live.", "darkroom.ingress.workers."):
+            assert [n for name, n in consumers.items() if name.startswith(follower)] == [1], (follower, consumers)
         print(f"\nkilled {victim} (generator's node; "
               f"{generator_queue} led by {leaders[generator_queue][0]}) at {dict(before)}; "
               f"all {JOBS} jobs completed {recovery_seconds:.1f} s later; test {time.monotonic() - started:.1f} s")

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from schemas.events import JobStarted, new_id
 from schemas.topology import Topology
 from services.bus import Bus
 from tests.integration.test_remote_workers import clean_env, darkroom_command, spawn
-from tests.support import eventually, wait_for_sync
+from tests.support import drop_namespace, eventually, wait_for_sync
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -84,6 +85,20 @@ async def test_a_publish_to_a_queue_whose_leader_died_is_confirmed_once_a_new_le
     finally:
         await bus.close()
         bring_back(cluster)
+
+
+async def test_a_process_given_a_dead_address_and_a_live_one_connects_to_the_live_one(settings):
+    """Whichever address a process starts at (a random one), it ends up on the node that answers."""
+    live = urlsplit(settings.amqp_url).port
+    for _ in range(4):
+        bus = await Bus.connect(f"amqp://guest:guest@127.0.0.1:{free_port()}/, {settings.amqp_url}",
+                                Topology(settings.namespace), name="test", timeout=10)
+        try:
+            assert bus.connected and bus.connection.url.port == live
+            await bus.publish(JobStarted(job_id=new_id(), worker="w"))  # confirmed
+        finally:
+            await drop_namespace(bus)
+            await bus.close()
 
 
 def test_a_killed_node_loses_no_job_and_duplicates_no_image(cluster, tiny_model, tmp_path):

@@ -58,6 +58,12 @@ def ensure_installed() -> None:
         raise BrokerError(INSTALL_HINT)
 
 
+def start_epmd(port: int, env: dict[str, str], log) -> subprocess.Popen:
+    """Erlang's port mapper on loopback `port`: how nodes (and rabbitmqctl) find each other."""
+    return subprocess.Popen([_epmd_binary(), "-port", str(port), "-address", "127.0.0.1"],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+
+
 def _epmd_binary() -> str:
     found = shutil.which("epmd")
     if found:
@@ -70,15 +76,19 @@ def _epmd_binary() -> str:
 class PrivateBroker:
     """One RabbitMQ node living entirely inside `base`, reachable at `url`."""
 
-    def __init__(self, base: Path, port: int = 0, name: str | None = None, host: str = "127.0.0.1"):
+    def __init__(self, base: Path, port: int = 0, name: str | None = None, host: str = "127.0.0.1",
+                 *, epmd_port: int | None = None, cookie: str | None = None):
         self.base = base.resolve()
+        # A cluster's nodes share one epmd (so they find each other) and one Erlang cookie.
+        self.owns_epmd = epmd_port is None
+        self.cookie = cookie
         # Where it listens besides 127.0.0.1 (an interface address, or 0.0.0.0 for all): services
         # on this machine always connect over loopback, where `guest` is allowed.
         self.host = host or "127.0.0.1"
         self.local_host = "127.0.0.1"
         self.port = port or free_port()
         self.dist_port = free_port()
-        self.epmd_port = free_port()
+        self.epmd_port = epmd_port or free_port()
         self.node = self._node_name(name or "darkroom")
         self.server: subprocess.Popen | None = None
         self.epmd: subprocess.Popen | None = None
@@ -124,8 +134,10 @@ class PrivateBroker:
         for folder in (home, self.base / "mnesia", self.base / "log"):
             folder.mkdir(parents=True, exist_ok=True)
         cookie = home / ".erlang.cookie"
+        if self.cookie is not None and cookie.exists() and cookie.read_text() != self.cookie:
+            cookie.unlink()
         if not cookie.exists():
-            cookie.write_text(secrets.token_hex(16))
+            cookie.write_text(self.cookie or secrets.token_hex(16))
         cookie.chmod(0o400)
         (self.base / "rabbitmq.conf").write_text(
             self._listeners() +
@@ -190,10 +202,8 @@ class PrivateBroker:
         self._write_files()
         env = self._env()
         log = open(self.base / "log" / "server.out", "ab")
-        self.epmd = subprocess.Popen(
-            [_epmd_binary(), "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-            env=env, stdout=log, stderr=log, start_new_session=True,
-        )
+        if self.owns_epmd:
+            self.epmd = start_epmd(self.epmd_port, env, log)
         self._launch_node(env, log)
 
     def _launch_node(self, env: dict[str, str], log) -> None:
@@ -210,7 +220,7 @@ class PrivateBroker:
         without waiting for it; epmd, if it still runs, is kept."""
         if self.alive:
             return
-        if self.epmd is None or self.epmd.poll() is not None:
+        if self.owns_epmd and (self.epmd is None or self.epmd.poll() is not None):
             self.launch()
             return
         self._launch_node(self._env(), open(self.base / "log" / "server.out", "ab"))

@@ -22,7 +22,7 @@ import msgspec
 
 from ops import keys as api_keys
 from ops.broker import BrokerError, private_broker_port, rabbitmqctl
-from schemas.settings import Settings
+from schemas.settings import Settings, broker_urls
 from schemas.workers import WorkerCredential
 from services.files import write_atomic
 
@@ -66,7 +66,7 @@ def private_broker_dir(settings: Settings, given: str | None) -> Path | None:
     port = private_broker_port(base)
     if port is None:
         return None
-    if settings.amqp_url and urlsplit(settings.amqp_url).port not in (port, None):
+    if settings.amqp_url and all(urlsplit(url).port not in (port, None) for url in broker_urls(settings.amqp_url)):
         return None  # DARKROOM_AMQP_URL names another broker
     return base
 
@@ -99,9 +99,12 @@ def add(settings: Settings, name: str, *, rabbitmq_dir: str | None = None, ingre
         host = broker_host or _public_host(settings.broker_host)
         broker = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
     else:  # the operator's own broker: the same address, with the user they make there
-        given = urlsplit(settings.amqp_url or "amqp://BROKER-HOST:5672/")
-        where = f"{broker_host or given.hostname}" + (f":{given.port}" if given.port else "")
-        broker = f"{given.scheme}://USER:PASSWORD@{where}{given.path or '/'}"
+        addresses = []  # every node of a cluster, so that the worker fails over too
+        for url in broker_urls(settings.amqp_url or "amqp://BROKER-HOST:5672/"):
+            given = urlsplit(url)
+            where = f"{broker_host or given.hostname}" + (f":{given.port}" if given.port else "")
+            addresses.append(f"{given.scheme}://USER:PASSWORD@{where}{given.path or '/'}")
+        broker = ",".join(dict.fromkeys(addresses))
     record = WorkerCredential(name=name, key_id=key.id, broker_user=user, created_at=datetime.now(UTC))
     _write(state, record)
     ingress = ingress_url or f"http://{_public_host(settings.host)}:{settings.port}"

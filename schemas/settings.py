@@ -26,11 +26,43 @@ class SettingsError(ValueError):
     """A DARKROOM_* variable holds a value Darkroom cannot use; the message names it."""
 
 
+AMQP_SCHEMES = ("amqp", "amqps")
+
+
+def broker_urls(raw: str, name: str = "DARKROOM_AMQP_URL") -> tuple[str, ...]:
+    """The broker addresses in `raw`: one AMQP URL, or several separated by commas (the nodes of one
+    RabbitMQ cluster: a process connects to one and fails over to the others). Each must be a whole
+    `amqp://` or `amqps://` URL with a host; the error names the one that is not."""
+    urls = tuple(part.strip() for part in raw.split(","))
+    for number, url in enumerate(urls, start=1):
+        where = f"{name}: address {number} of {len(urls)}"
+        if not url:
+            raise SettingsError(f"{where} is empty (addresses are separated by single commas, e.g. "
+                                "amqp://user:pass@h1:5672/,amqp://user:pass@h2:5672/)")
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in AMQP_SCHEMES:
+            raise SettingsError(f"{where} ({redact_url(url)!r}) must start with amqp:// or amqps://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
+        if not host:
+            raise SettingsError(f"{where} ({redact_url(url)!r}) names no host")
+    return urls
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (errors and logs may be shipped elsewhere)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    user_info, at_host = rest.split("@", 1)
+    return f"{scheme}://{user_info.split(':', 1)[0]}:***@{at_host}"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a Darkroom process needs to know about where it runs."""
 
     data_dir: str = "./var"
-    # None means `darkroom run` starts a private broker and fills this in for the services.
+    # None means `darkroom run` starts a private broker and fills this in for the services. Several
+    # comma-separated URLs name the nodes of one cluster (see `broker_urls`).
     amqp_url: str | None = None
     namespace: str = "darkroom"
     host: str = "127.0.0.1"
@@ -184,6 +216,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             settings = msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"invalid DARKROOM_* setting: {exc}") from exc
+        if settings.amqp_url:
+            broker_urls(settings.amqp_url)
         unknown = sorted(set(settings.service_list) - set(SERVICES))
         if unknown:
             raise SettingsError(f"DARKROOM_SERVICES names unknown services {unknown}; valid: {', '.join(SERVICES)}")

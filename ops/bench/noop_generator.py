@@ -20,6 +20,7 @@ from schemas.events import AnyCommand, GenerateImages, ImageGenerated, JobStarte
 from schemas.jobs import ImageMetadata
 from schemas.layout import image_id
 from schemas.topology import Topology
+from services.bus import connect_robust
 
 PIXEL = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
@@ -30,7 +31,7 @@ async def run(url: str, namespace: str) -> None:
     topo = Topology(namespace)
     decoder = msgspec.json.Decoder(AnyCommand)
     encoder = msgspec.json.Encoder()
-    connection = await aio_pika.connect_robust(url)
+    connection = await connect_robust(url, name="bench-noop-generator")
     channel = await connection.channel(publisher_confirms=True)
     await channel.set_qos(prefetch_count=64)
     events = await channel.get_exchange(topo.events, ensure=True)

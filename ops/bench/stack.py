@@ -21,6 +21,7 @@ import aio_pika
 from ops.broker import free_port
 from schemas.settings import SERVICES
 from schemas.topology import Topology
+from services.bus import connect_robust
 
 
 def rss(pid: int) -> tuple[int, int]:
@@ -110,7 +111,7 @@ class Stack:
         """Until each stage's queue has a consumer (the ingress has none: its health says ready)."""
         stages = stages if stages is not None else tuple(s for s in self.services if s != "ingress")
         topo = Topology(self.namespace)
-        connection = await aio_pika.connect_robust(self.amqp_url)
+        connection = await connect_robust(self.amqp_url, name="bench-stack")
         deadline = time.monotonic() + timeout
         try:
             for stage in stages:
@@ -168,7 +169,7 @@ class Stack:
 
 async def drop_namespace(amqp_url: str, namespace: str) -> None:
     topo = Topology(namespace)
-    connection = await aio_pika.connect_robust(amqp_url)
+    connection = await connect_robust(amqp_url, name="bench-stack")
     try:
         stages = [s for s in SERVICES if s != "ingress"] + ["reaper.commands", "notifier.deliveries"]
         for name in [topo.queue(s) for s in stages] + [topo.dead_letters, topo.reaper_dead_letters]:

@@ -108,7 +108,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ops.workers import run_worker
 
-    run_worker(args.broker, args.ingress, args.token, args.models, args.namespace)
+    run_worker(args.broker, args.ingress, args.token, args.models, args.namespace, args.broker_ca)
     return 0
 
 
@@ -283,11 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait up to this long for the jobs that use it to end")
     remove.set_defaults(func=cmd_models)
     worker = sub.add_parser("worker", help="run a generator on this host for a Darkroom elsewhere (shares only the broker)")
-    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS")
-    worker.add_argument("--ingress", help="the control node's API, for LoRA files (DARKROOM_INGRESS_URL)")
+    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS (see --broker-ca)")
+    worker.add_argument("--ingress", help="the control node's API, for model and LoRA files (DARKROOM_INGRESS_URL)")
     worker.add_argument("--token", help="the worker key from `darkroom workers add` (DARKROOM_WORKER_TOKEN)")
-    worker.add_argument("--models", help="this worker's own folder: models/ and fetched LoRAs (DARKROOM_DATA_DIR)")
+    worker.add_argument("--models", help="this worker's own folder: its models/, fetched models and LoRAs (DARKROOM_DATA_DIR)")
     worker.add_argument("--namespace", help="the installation's namespace if not `darkroom` (DARKROOM_NAMESPACE)")
+    worker.add_argument("--broker-ca", help="with amqps://: the CA file the broker's certificate is checked against "
+                                            "(DARKROOM_BROKER_CA; client certificate: DARKROOM_BROKER_CERT/_KEY)")
     worker.set_defaults(func=cmd_worker)
     workers = sub.add_parser("workers", help="list generator workers (admin), add or revoke worker credentials")
     workers.add_argument("--url", help="the API (default: DARKROOM_URL, then the client config)")

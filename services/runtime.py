@@ -16,9 +16,8 @@ from schemas.layout import DataLayout
 from schemas.settings import Settings, SettingsError
 from schemas.topology import Topology
 from services import logs
+from services.broker_tls import broker_url, check_tls
 from services.bus import BrokerUnavailable, Bus
-
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 ServiceMain = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
@@ -128,7 +127,9 @@ class LiveCatalog:
 @asynccontextmanager
 async def connected(settings: Settings, name: str) -> AsyncIterator[Bus]:
     """A bus for the service, closed (consumers cancelled, in-flight publishes flushed) on exit."""
-    bus = await Bus.connect(settings.amqp_url or DEFAULT_AMQP_URL, Topology(settings.namespace), name=name)
+    url = broker_url(settings)
+    await check_tls(settings, url)
+    bus = await Bus.connect(url, Topology(settings.namespace), name=name)
     structlog.get_logger(name).info("connected to broker", namespace=settings.namespace)
     try:
         yield bus

@@ -222,7 +222,7 @@ async def test_generators_in_other_network_namespaces_share_nothing_but_the_brok
                     toml.write('[models.late-sd]\nsource = "./models/late-sd"\ndtype = "float32"\n')
 
                 async def listed_late() -> bool:
-                    return "late-sd" in [m["id"] for m in (await http.get("/v1/models", headers=admin)).json()["models"]]
+                    return "late-sd" in (await http.get("/v1/models", headers=admin)).json()["models"]
 
                 await eventually(listed_late, timeout=10, what="the control node to list late-sd")
                 late_id = await submit({"prompt": "late", "model": "late-sd",

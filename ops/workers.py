@@ -66,7 +66,7 @@ def private_broker_dir(settings: Settings, given: str | None) -> Path | None:
     port = private_broker_port(base)
     if port is None:
         return None
-    if settings.amqp_url and urlsplit(settings.amqp_url).port not in (port, None):
+    if settings.amqp_url and urlsplit(settings.amqp_url).port not in (port, private_broker_port(base, tls=True), None):
         return None  # DARKROOM_AMQP_URL names another broker
     return base
 

@@ -55,7 +55,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     from schemas.topology import Topology
 
     settings = _settings()
-    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    url = deadletters.amqp_url(settings)
     topology = Topology(settings.namespace)
     if args.action == "list":
         deadletters.run_list(url, topology, args.json)
@@ -71,7 +71,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     from schemas.topology import Topology
 
     settings = _settings()
-    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    url = deadletters.amqp_url(settings)
     try:
         asyncio.run(events.tail(url, Topology(settings.namespace), pattern=args.type, job=args.job,
                                 as_json=args.json, count=args.count))

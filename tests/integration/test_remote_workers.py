@@ -1,13 +1,15 @@
 """Generators on other hosts, sharing nothing with the control node but the broker.
 
-The test makes two network namespaces, each joined to this host by a veth pair on a private
-/30 of 10.213.x.0 (never any other address), and runs one generator in each (in its own UTS
-namespace, so each has its own host name) with its own EMPTY folder. The control node
-(`darkroom run` without a generator, on this test's private broker) is reachable from the
-namespaces only through small TCP forwarders bound to the veth host addresses. Each worker gets
-its credential from `darkroom workers add` and runs the command that prints. Jobs with an init
-image and a LoRA must complete on both workers, each fetching the LoRA by its sha256 into its own
-folder, and GET /v1/workers must list both.
+The test makes two network namespaces (`ops/netns.py`: veth pairs on private /30s of 10.213.x.0,
+never any other address), and runs one generator in each (in its own UTS namespace, so each has
+its own host name) with its own EMPTY folder. The control node (`darkroom run` without a
+generator, on this test's private broker) is reachable from the namespaces only through small TCP
+forwarders bound to the veth host addresses. Each worker gets its credential from `darkroom
+workers add` and runs the command that prints. Jobs with an init image and a LoRA on a model only
+the control node has must complete on both workers, each fetching the model (file by file,
+checked) and the LoRA (by its sha256) into its own folder once; a model added while they run is
+fetched by the worker that gets its job; a model file that does not match its recorded hash fails
+its job and leaves nothing; GET /v1/workers lists both.
 
 It needs root and `ip` (CI runs as root): without them it fails, saying so.
 """
@@ -221,14 +223,39 @@ async def test_generators_in_other_network_namespaces_share_nothing_but_the_brok
                 with (data_dir / "darkroom.toml").open("a") as toml:
                     toml.write('[models.late-sd]\nsource = "./models/late-sd"\ndtype = "float32"\n')
 
-                async def listed_late() -> bool:
-                    return "late-sd" in (await http.get("/v1/models", headers=admin)).json()["models"]
+                async def listed_model(model: str) -> bool:
+                    return model in (await http.get("/v1/models", headers=admin)).json()["models"]
 
-                await eventually(listed_late, timeout=10, what="the control node to list late-sd")
+                await eventually(lambda: listed_model("late-sd"), timeout=10, what="the control node to list late-sd")
                 late_id = await submit({"prompt": "late", "model": "late-sd",
                                         "settings": {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 1}})
                 [late] = await completed([late_id])
                 assert late["model"] == "late-sd" and len(late["images"]) == 1
+
+                # A pulled model whose file on the control node no longer matches the sha256 the
+                # models stage recorded (same size, other bytes): the worker refuses it, the job
+                # fails with the reason, and nothing of it is kept on the worker.
+                shutil.copytree(tiny_model, data_dir / "models" / "bad-sd")
+                index_size = (data_dir / "models" / "bad-sd" / "model_index.json").stat().st_size
+                (data_dir / "state" / "models.toml").write_text(
+                    '[models.bad-sd]\norigin = "test"\npath = "models/bad-sd"\n\n'
+                    f'[[models.bad-sd.files]]\npath = "model_index.json"\nsize = {index_size}\nsha256 = "{"0" * 64}"\n\n'
+                    '[models.bad-sd.entry]\nsource = "models/bad-sd"\ndtype = "float32"\n')
+                await eventually(lambda: listed_model("bad-sd"), timeout=10, what="the control node to list bad-sd")
+                bad_id = await submit({"prompt": "bad", "model": "bad-sd",
+                                       "settings": {"width": 64, "height": 64, "num_inference_steps": 2, "seed": 1}})
+
+                async def failed_job() -> dict | None:
+                    doc = (await http.get(f"/v1/jobs/{bad_id}", headers=admin)).json()
+                    assert doc["status"] != "completed", doc
+                    return doc if doc["status"] == "failed" else None
+
+                bad = await eventually(failed_job, timeout=60, interval=0.2, what="the bad-sd job to fail")
+                assert "model 'bad-sd' could not be fetched" in bad["error"], bad
+                assert "file model_index.json" in bad["error"] and "nothing was kept" in bad["error"], bad
+                for folder in folders.values():
+                    assert not (folder / "models" / "bad-sd").exists()
+                    assert not list((folder / "models").glob(".bad-sd.*")), "no temp folder left"
 
                 async def listed_with_jobs() -> list[dict]:
                     listed = (await http.get("/v1/workers", headers=admin)).json()["workers"]

@@ -7,7 +7,8 @@ A fetch writes every file into a temp folder (`models/.<id>.<pid>.fetching`), ch
 the sha256 the manifest lists, records the list (`.darkroom-fetched.json`) and renames the folder
 into place: a model folder is whole or absent, and a model whose files do not hash right fails
 its job with the reason and leaves nothing behind. The next job finds the folder and its record
-and loads it without fetching again. Fetching runs in the pipeline thread inside the model load,
+and loads it without fetching again; a model removed on the control node (`model.removed`) is
+deleted here too. Fetching runs in the pipeline thread inside the model load,
 so the usual `model.loading` / `model.loaded` events frame it.
 """
 
@@ -24,7 +25,7 @@ import structlog
 
 from pipelines.errors import ModelLoadError
 from schemas.catalog import Catalog, ModelEntry, ModelFile
-from schemas.events import Event
+from schemas.events import Event, ModelRemoved
 from schemas.workers import ModelManifest, RemoteModel
 from services.generator.fetcher import FetchFailed, IngressFiles
 
@@ -70,6 +71,15 @@ class ModelFetcher:
             return False
         return recorded == model.files and all(
             (folder / f.path).is_file() and (folder / f.path).stat().st_size == f.size for f in model.files)
+
+    def forget(self, model_id: str) -> None:
+        """Delete `models/<id>` if this worker fetched it (a folder without a record is not ours)."""
+        folder = self.models_dir / model_id
+        if (folder / RECORD).is_file():
+            trash = self.models_dir / f".{model_id}.{threading.get_native_id()}.old"
+            folder.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            log.info("removed model's fetched files deleted", model=model_id)
 
     def ensure(self, model: RemoteModel) -> bool:
         """Make the model present; True when it had to be fetched."""
@@ -182,5 +192,8 @@ class FetchingCache:
 
 
 async def follow_models(event: Event, *, catalog: RemoteCatalog) -> None:
-    """A model came or went on the control node: ask for the list again (off the event loop)."""
+    """A model came or went on the control node: ask for the list again (off the event loop); a
+    removed one's fetched files go too (its warm pipeline is dropped by `follow_catalog`)."""
     await asyncio.to_thread(catalog.refresh)
+    if isinstance(event, ModelRemoved) and event.kind == "checkpoint" and event.model not in catalog.remote:
+        await asyncio.to_thread(catalog.fetcher.forget, event.model)

@@ -39,7 +39,7 @@ from PIL import Image
 from ops.broker import free_port, rabbitmqctl
 from ops.netns import Forwarder, add_worker, clean_env, darkroom_command, namespaces, spawn_worker, stop_all
 from ops.workers import permissions
-from schemas.events import GenerateImages, JobFailed
+from schemas.events import GenerateImages, JobFailed, ModelRemoved
 from schemas.jobs import GenerationSettings, JobSpec, LoraRef
 from schemas.settings import Settings
 from tests.support import eventually
@@ -392,12 +392,12 @@ def test_a_fetched_lora_that_does_not_match_its_hash_is_refused_and_not_kept(tmp
 def test_a_fetched_model_is_whole_and_checked_or_absent_and_fetched_once(tmp_path):
     """The worker side alone, against a fake ingress: a model whose files do not all hash to the
     manifest's sha256 fails its load with the reason and leaves nothing; a good one lands in
-    models/<id> in one rename and is not fetched again; a folder this worker did not fetch is
-    never overwritten."""
+    models/<id> in one rename and is not fetched again, and goes when the control node removes
+    it; a folder this worker did not fetch is never overwritten nor deleted."""
     from pipelines.errors import ModelLoadError
     from schemas.catalog import ModelEntry
     from services.generator.fetcher import IngressFiles
-    from services.generator.remote_models import ModelFetcher, RemoteCatalog
+    from services.generator.remote_models import ModelFetcher, RemoteCatalog, follow_models
     from services.runtime import LiveCatalog
 
     content = {"model_index.json": b"{}", "unet/diffusion_pytorch_model.safetensors": b"weights" * 100}
@@ -435,6 +435,12 @@ def test_a_fetched_model_is_whole_and_checked_or_absent_and_fetched_once(tmp_pat
     other = msgspec.structs.replace(model, id="other")
     with pytest.raises(ModelLoadError, match="exists on this worker but was not fetched"):
         catalog.fetcher.ensure(other)
+    # Removed on the control node: gone from the catalog and from this worker's disk (its own
+    # folder `other` stays).
+    manifest["models"] = []
+    for removed in ("fox-sd", "other"):
+        asyncio.run(follow_models(ModelRemoved(model=removed), catalog=catalog))
+    assert "fox-sd" not in catalog.models and sorted(p.name for p in (data / "models").iterdir()) == ["other"]
 
 
 def test_the_private_broker_lets_worker_users_in_on_its_worker_address_and_guest_only_on_loopback(tmp_path):

@@ -17,8 +17,8 @@ import msgspec
 from schemas.events import AnyCommand, AnyEvent, GenerateImages, JobRequeued, command_for_attempt
 from schemas.settings import Settings
 from schemas.topology import Topology, parked_origin, unparked_headers
-from services.broker_tls import broker_url
 from services.bus import Bus, encoder
+from services.runtime import broker_url
 
 _decoder = msgspec.json.Decoder(AnyEvent | AnyCommand)
 CONNECT_TIMEOUT = 10.0

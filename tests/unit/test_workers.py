@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from ops.workers import NAME, permissions
 from schemas.events import WorkerPresence
 from schemas.settings import Settings
-from services.broker_tls import broker_url
 from services.generator.presence import Presence, TalliedRender, Tally
 from services.generator.render import Rendered
 from services.ingress.workers import WorkerBoard
+from services.runtime import broker_url
 
 
 def presence(worker: str, *, interval: float = 10.0, leaving: bool = False) -> WorkerPresence:

@@ -48,7 +48,7 @@ def model_manifest(catalog: Catalog, data_dir: Path, hashes: FileHashes) -> Mode
     found = []
     for entry in catalog.models.values():
         source = Path(entry.source)
-        if not source.exists():
+        if not source.is_absolute() or not source.exists():
             continue  # a hub repo id (the control node downloads it itself), or files gone
         record = pulled.get(entry.id)
         recorded = {f.path: f for f in record.files} if record and (data_dir / record.path) == source else {}
@@ -65,7 +65,7 @@ def model_file(catalog: Catalog, model: str, path: str) -> Path:
     """The file `path` of model `model` as the manifest lists it (nothing outside it), else 404."""
     entry = _entry(catalog, model)
     parts = PurePosixPath(path).parts
-    if not parts or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+    if not parts or "\0" in path or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
         raise Invalid(f"path {path!r} must be a file of the model as GET /v1/files/models lists it")
     source = Path(entry.source)
     if source.is_dir():
@@ -74,7 +74,11 @@ def model_file(catalog: Catalog, model: str, path: str) -> Path:
         found = Path(entry.config).joinpath(*parts[1:])
     else:
         found = source if parts == (source.name,) else None
-    if found is None or not found.is_file():
+    try:
+        usable = found is not None and found.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        usable = False
+    if not usable:
         raise NotFound(f"model {model!r} has no file {path!r} (see GET /v1/files/models)")
     return found
 

@@ -18,13 +18,13 @@ import asyncio
 import shutil
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import msgspec
 import structlog
 
 from pipelines.errors import ModelLoadError
-from schemas.catalog import Catalog, ModelEntry, ModelFile
+from schemas.catalog import MODEL_NAME, Catalog, ModelEntry, ModelFile
 from schemas.events import Event, ModelRemoved
 from schemas.workers import ModelManifest, RemoteModel
 from services.generator.fetcher import FetchFailed, IngressFiles
@@ -38,6 +38,13 @@ MISS_REFRESH_SECONDS = 2.0
 _files = msgspec.json.Decoder(list[ModelFile])
 
 
+def _inside(path: str) -> bool:
+    """Whether a relative path stays inside its folder (`.` is the folder itself)."""
+    parts = PurePosixPath(path).parts
+    return path == "." or (bool(parts) and not PurePosixPath(path).is_absolute()
+                           and not any(part in ("..", "") or part.startswith(".") for part in parts))
+
+
 class ModelFetcher:
     """The manifest, and a model's files made present and right in `models_dir/<id>`."""
 
@@ -46,11 +53,21 @@ class ModelFetcher:
         self.models_dir = models_dir
 
     def manifest(self) -> dict[str, RemoteModel]:
+        """The control node's models; one whose name or paths would leave `models/<id>` is left
+        out (and logged): nothing the ingress says may write outside this worker's models folder."""
         try:
             body = self.files.get("/v1/files/models")
-            return {m.id: m for m in msgspec.json.decode(body, type=ModelManifest).models}
+            listed = msgspec.json.decode(body, type=ModelManifest).models
         except (FetchFailed, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise FetchFailed(f"the model list at {self.files.url}/v1/files/models could not be read: {exc}") from exc
+        found = {}
+        for model in listed:
+            paths = [f.path for f in model.files] + [model.entry.source] + ([model.entry.config] if model.entry.config else [])
+            if MODEL_NAME.match(model.id) and all(_inside(path) for path in paths):
+                found[model.id] = model
+            else:
+                log.warning("control node's model left out: its name or paths leave its folder", model=model.id)
+        return found
 
     def folder(self, model: RemoteModel) -> Path:
         return self.models_dir / model.id

@@ -404,7 +404,10 @@ def test_a_fetched_model_is_whole_and_checked_or_absent_and_fetched_once(tmp_pat
     served = dict(content) | {"unet/diffusion_pytorch_model.safetensors": b"tampered"}
     manifest = {"models": [{"id": "fox-sd", "entry": msgspec.to_builtins(ModelEntry(source=".", dtype="float32")),
                             "files": [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                                      for p, b in content.items()]}]}
+                                      for p, b in content.items()]},
+                           # What the worker never takes, whatever the ingress says: paths out of the model's folder.
+                           {"id": "escape", "entry": msgspec.to_builtins(ModelEntry(source=".")),
+                            "files": [{"path": "../../evil", "size": 1, "sha256": "0" * 64}]}]}
     asked = []
 
     def ingress(request: httpx.Request) -> httpx.Response:
@@ -422,6 +425,7 @@ def test_a_fetched_model_is_whole_and_checked_or_absent_and_fetched_once(tmp_pat
     entry = catalog.model("fox-sd")  # unknown: the worker asks the ingress, which lists it
     assert entry.source == str(data / "models" / "fox-sd" / ".") and entry.dtype == "float32"
     [model] = catalog.remote.values()
+    assert "escape" not in catalog.models
     with pytest.raises(ModelLoadError, match=r"model 'fox-sd' could not be fetched .* file unet/diffusion_pytorch"
                                              r"_model.safetensors .* hash to .* nothing was kept"):
         catalog.fetcher.ensure(model)

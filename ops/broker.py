@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -73,11 +74,23 @@ def _epmd_binary() -> str:
     raise BrokerError("epmd (part of Erlang) was not found next to RabbitMQ")
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener for the private node: its certificate and key (PEM), and the CA that client
+    certificates are checked against when a client sends one (none: clients are not asked)."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    port: int = 0
+
+
 class PrivateBroker:
-    """One RabbitMQ node living entirely inside `base`, reachable at `url`."""
+    """One RabbitMQ node living entirely inside `base`, reachable at `url` (and, with `tls`, for
+    amqps on `tls_port`)."""
 
     def __init__(self, base: Path, port: int = 0, name: str | None = None, host: str = "127.0.0.1",
-                 *, epmd_port: int | None = None, cookie: str | None = None):
+                 tls: BrokerTls | None = None, *, epmd_port: int | None = None, cookie: str | None = None):
         self.base = base.resolve()
         # A cluster's nodes share one epmd (so they find each other) and one Erlang cookie.
         self.owns_epmd = epmd_port is None
@@ -87,6 +100,8 @@ class PrivateBroker:
         self.host = host or "127.0.0.1"
         self.local_host = "127.0.0.1"
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = (tls.port or free_port()) if tls else None
         self.dist_port = free_port()
         self.epmd_port = epmd_port or free_port()
         self.node = self._node_name(name or "darkroom")
@@ -153,10 +168,22 @@ class PrivateBroker:
         (self.base / "enabled_plugins").write_text("[].\n")
 
     def _listeners(self) -> str:
+        return self._listen("tcp", self.port) + (self._listen("ssl", self.tls_port) + self._tls_options()
+                                                  if self.tls else "")
+
+    def _listen(self, kind: str, port: int) -> str:
         if self.host in ("127.0.0.1", "0.0.0.0"):
-            return f"listeners.tcp.default = {self.host}:{self.port}\n"
+            return f"listeners.{kind}.default = {self.host}:{port}\n"
         # An interface address for remote workers, and loopback for this machine's services.
-        return f"listeners.tcp.default = 127.0.0.1:{self.port}\nlisteners.tcp.workers = {self.host}:{self.port}\n"
+        return f"listeners.{kind}.default = 127.0.0.1:{port}\nlisteners.{kind}.workers = {self.host}:{port}\n"
+
+    def _tls_options(self) -> str:
+        tls = self.tls
+        options = f"ssl_options.certfile = {tls.cert.resolve()}\nssl_options.keyfile = {tls.key.resolve()}\n"
+        if tls.ca is not None:
+            options += (f"ssl_options.cacertfile = {tls.ca.resolve()}\nssl_options.verify = verify_peer\n"
+                        "ssl_options.fail_if_no_peer_cert = false\n")
+        return options
 
     def _kill_stale(self) -> None:
         """A previous run killed without cleanup may have left its node (and epmd) running here.
@@ -213,7 +240,7 @@ class PrivateBroker:
         (self.base / "pids").write_text(f"{self.server.pid} {self.epmd.pid if self.epmd else ''}\n")
         # How `rabbitmqctl` reaches this node from another process (`darkroom workers add`).
         (self.base / "ctl.json").write_text(json.dumps({"node": self.node, "port": self.port,
-                                                        "epmd_port": self.epmd_port}))
+                                                        "epmd_port": self.epmd_port, "tls_port": self.tls_port}))
 
     def relaunch(self) -> None:
         """Start the node again after it died (same port, name and data: queued messages survive),
@@ -302,9 +329,11 @@ def rabbitmqctl(base: Path, *args: str, timeout: float = 60.0) -> str:
     return result.stdout
 
 
-def private_broker_port(base: Path) -> int | None:
-    """The AMQP port of the private node in `base`, if one was started there."""
+def private_broker_port(base: Path, *, tls: bool = False) -> int | None:
+    """The AMQP port (or with `tls`, the amqps port) of the private node in `base`, if one was
+    started there (with a TLS listener)."""
     try:
-        return int(json.loads((base / "ctl.json").read_text())["port"])
-    except (OSError, ValueError, KeyError):
+        port = json.loads((base / "ctl.json").read_text()).get("tls_port" if tls else "port")
+        return int(port) if port else None
+    except (OSError, ValueError, AttributeError):
         return None

@@ -64,7 +64,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     from schemas.topology import Topology
 
     settings = _settings()
-    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    url = deadletters.amqp_url(settings)
     topology = Topology(settings.namespace)
     if args.action == "list":
         deadletters.run_list(url, topology, args.json)
@@ -81,7 +81,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     from services.bus import BrokerUnavailable
 
     settings = _settings()
-    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    url = deadletters.amqp_url(settings)
     try:
         asyncio.run(events.tail(url, Topology(settings.namespace), pattern=args.type, job=args.job,
                                 as_json=args.json, count=args.count))
@@ -121,7 +121,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ops.workers import run_worker
 
-    run_worker(args.broker, args.ingress, args.token, args.models, args.namespace)
+    run_worker(args.broker, args.ingress, args.token, args.models, args.namespace, args.broker_ca)
     return 0
 
 
@@ -305,12 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait up to this long for the jobs that use it to end")
     remove.set_defaults(func=cmd_models)
     worker = sub.add_parser("worker", help="run a generator on this host for a Darkroom elsewhere (shares only the broker)")
-    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS; "
-                        "a cluster's nodes comma-separated")
-    worker.add_argument("--ingress", help="the control node's API, for LoRA files (DARKROOM_INGRESS_URL)")
+    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS "
+                        "(see --broker-ca); a cluster's nodes comma-separated")
+    worker.add_argument("--ingress", help="the control node's API, for model and LoRA files (DARKROOM_INGRESS_URL)")
     worker.add_argument("--token", help="the worker key from `darkroom workers add` (DARKROOM_WORKER_TOKEN)")
-    worker.add_argument("--models", help="this worker's own folder: models/ and fetched LoRAs (DARKROOM_DATA_DIR)")
+    worker.add_argument("--models", help="this worker's own folder: its models/, fetched models and LoRAs (DARKROOM_DATA_DIR)")
     worker.add_argument("--namespace", help="the installation's namespace if not `darkroom` (DARKROOM_NAMESPACE)")
+    worker.add_argument("--broker-ca", help="with amqps://: the CA file the broker's certificate is checked against "
+                                            "(DARKROOM_BROKER_CA; client certificate: DARKROOM_BROKER_CERT/_KEY)")
     worker.set_defaults(func=cmd_worker)
     workers = sub.add_parser("workers", help="list generator workers (admin), add or revoke worker credentials")
     workers.add_argument("--url", help="the API (default: DARKROOM_URL, then the client config)")

@@ -82,6 +82,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # interface address (or 0.0.0.0) lets generator workers on other hosts in, each with its own
     # user (`darkroom workers add`; `guest` stays loopback-only).
     broker_host: str = "127.0.0.1"
+    # TLS to the broker (amqp_url `amqps://...`, for every service and `darkroom worker`): the CA
+    # file its certificate is checked against (empty: the system's CAs), and a client certificate
+    # and key for brokers that ask for one.
+    broker_ca: str = ""
+    broker_cert: str = ""
+    broker_key: str = ""
+    # The private broker's own certificate and key: when both are set, it also listens for amqps
+    # on broker_tls_port (0 picks a free one), on loopback and on broker_host, and `darkroom
+    # workers add` prints amqps commands (with broker_ca, when set, as the workers' CA).
+    broker_tls_cert: str = ""
+    broker_tls_key: str = ""
+    broker_tls_port: int = 0
     # Transient progress events per job per second, at most.
     progress_rate: float = 4.0
     # A preview image every this many steps (0: none).
@@ -221,6 +233,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         unknown = sorted(set(settings.service_list) - set(SERVICES))
         if unknown:
             raise SettingsError(f"DARKROOM_SERVICES names unknown services {unknown}; valid: {', '.join(SERVICES)}")
+        for name in ("broker_ca", "broker_cert", "broker_key", "broker_tls_cert", "broker_tls_key"):
+            given = getattr(settings, name)
+            if given and not Path(given).is_file():
+                raise SettingsError(f"DARKROOM_{name.upper()} names {given!r}, which is not a file")
+        for one, other in (("broker_cert", "broker_key"), ("broker_tls_cert", "broker_tls_key")):
+            if bool(getattr(settings, one)) != bool(getattr(settings, other)):
+                raise SettingsError(f"DARKROOM_{one.upper()} and DARKROOM_{other.upper()} go together: set both or neither")
         dialects = {part.strip().lower() for part in settings.dialects.split(",") if part.strip()}
         unknown = sorted(dialects - {*DIALECTS, "all", "none"})
         if unknown:

@@ -31,6 +31,15 @@ def test_bad_values_are_named(env, message):
         Settings.from_env(env)
 
 
+def test_broker_tls_files_must_exist_and_come_in_pairs():
+    with pytest.raises(SettingsError, match=r"DARKROOM_BROKER_CA names '/nowhere/ca\.pem', which is not a file"):
+        Settings.from_env({"DARKROOM_BROKER_CA": "/nowhere/ca.pem"})
+    with pytest.raises(SettingsError, match="DARKROOM_BROKER_TLS_CERT and DARKROOM_BROKER_TLS_KEY go together"):
+        Settings.from_env({"DARKROOM_BROKER_TLS_CERT": __file__})
+    both = Settings.from_env({"DARKROOM_BROKER_CERT": __file__, "DARKROOM_BROKER_KEY": __file__})
+    assert both.broker_cert == both.broker_key == __file__
+
+
 def test_generator_defaults_follow_the_device_unless_set():
     settings = Settings.from_env({})
     assert (settings.batch_capacity("cuda"), settings.batch_capacity("cpu")) == (8, 4)

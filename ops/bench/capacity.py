@@ -28,7 +28,7 @@ from ops.bench.follow import Follower
 from ops.bench.harness import Context, Measurement, percentile
 from ops.bench.jobs import SMALL_JOB
 from ops.bench.profile import profile
-from ops.bench.stack import Stack, cpu_seconds, helper_process, listener_pid
+from ops.bench.stack import Stack, cpu_seconds, helper_process, listener_pid, machine_cpu
 from schemas import topology
 from schemas.topology import Topology
 
@@ -60,6 +60,9 @@ class Step:
     submit_p50_ms: float = 0.0
     submit_p99_ms: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_job: dict[str, float] = field(default_factory=dict)
+    machine_busy: float = 0.0
+    load_average: float = 0.0
     queue_depths: dict[str, int] = field(default_factory=dict)
     projection_lag: int = 0
     drain_s: float = 0.0
@@ -119,11 +122,14 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
 async def _step(ctx: Context, stack: Stack, client: httpx.AsyncClient, follower: Follower, pids: dict[str, int],
                 rate: float, seconds: float, first_seed: int) -> Step:
     step = Step(offered=rate, jobs=round(rate * seconds))
-    before, started = _cpu(pids), time.monotonic()
+    before, machine_before, started = _cpu(pids), machine_cpu(), time.monotonic()
     sent = await _offer(client, rate, step.jobs, first_seed)
     elapsed = time.monotonic() - started
-    after = _cpu(pids)
+    after, machine_after = _cpu(pids), machine_cpu()
     step.cpu = {name: round((after[name] - before[name]) / elapsed, 3) for name in pids}
+    step.cpu_ms_per_job = {name: round((after[name] - before[name]) * 1000 / step.jobs, 2) for name in pids}
+    step.machine_busy = round((machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]), 3)
+    step.load_average = os.getloadavg()[0]
     step.queue_depths = await _queue_depths(ctx.amqp_url, stack.namespace)
     accepted = [(job_id, due, answered) for job_id, due, answered in sent if job_id]
     step.accepted, step.errors = len(accepted), step.jobs - len(accepted)

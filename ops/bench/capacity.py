@@ -28,6 +28,7 @@ from ops.bench.follow import Follower
 from ops.bench.harness import Context, Measurement, percentile
 from ops.bench.jobs import SMALL_JOB
 from ops.bench.profile import profile
+from ops.bench.rawhttp import RawClient
 from ops.bench.stack import Stack, cpu_seconds, helper_process, listener_pid, machine_cpu
 from schemas import topology
 from schemas.topology import Topology
@@ -77,7 +78,7 @@ def _rate(times: list[float]) -> float:
     return (len(times) - 1) / span if span > 0 else 0.0
 
 
-async def _offer(client: httpx.AsyncClient, rate: float, count: int, first_seed: int) -> list[tuple[str | None, float, float]]:
+async def _offer(client: RawClient, rate: float, count: int, first_seed: int) -> list[tuple[str | None, float, float]]:
     """Send `count` jobs at `rate`, each at its due time; (job id or None, due, answered) per job.
     Submit latency counts from the due time, so a backlog in the client's pool is counted too."""
     started = time.monotonic()
@@ -87,9 +88,9 @@ async def _offer(client: httpx.AsyncClient, rate: float, count: int, first_seed:
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         body = {"prompt": f"a red fox {first_seed + n}", "settings": {**SMALL_JOB, "seed": first_seed + n}}
         try:
-            answer = await client.post("/v1/jobs", json=body)
-            job_id = answer.json()["id"] if answer.status_code == 202 else None
-        except (httpx.HTTPError, ValueError, KeyError):
+            status, answer = await client.post_json("/v1/jobs", body)
+            job_id = answer["id"] if status == 202 else None
+        except (OSError, ValueError, KeyError, asyncio.IncompleteReadError):
             job_id = None
         return job_id, due, time.monotonic()
 
@@ -119,8 +120,8 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
-async def _step(ctx: Context, stack: Stack, client: httpx.AsyncClient, follower: Follower, pids: dict[str, int],
-                rate: float, seconds: float, first_seed: int) -> Step:
+async def _step(ctx: Context, stack: Stack, client: RawClient, api: httpx.AsyncClient, follower: Follower,
+                pids: dict[str, int], rate: float, seconds: float, first_seed: int) -> Step:
     step = Step(offered=rate, jobs=round(rate * seconds))
     before, machine_before, started = _cpu(pids), machine_cpu(), time.monotonic()
     sent = await _offer(client, rate, step.jobs, first_seed)
@@ -149,7 +150,7 @@ async def _step(ctx: Context, stack: Stack, client: httpx.AsyncClient, follower:
     step.completed_rate = round(_rate([at for at, _ in done]), 1)
     latency_ms = [(at - due) * 1000 for at, due in done]
     step.latency_p50_ms, step.latency_p99_ms = round(percentile(latency_ms, 50), 1), round(percentile(latency_ms, 99), 1)
-    step.projection_lag = sum(kind == topology.JOB_COMPLETED for kind, _ in follower.ended.values()) - await _projected(client)
+    step.projection_lag = sum(kind == topology.JOB_COMPLETED for kind, _ in follower.ended.values()) - await _projected(api)
     return step
 
 
@@ -190,13 +191,13 @@ async def capacity(ctx: Context) -> list[Measurement]:
             if broker:
                 pids["rabbitmq"] = broker
             follower = await Follower(ctx.amqp_url, stack.namespace).start((topology.EVERY_JOB_EVENT,))
-            limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+            client = RawClient(stack.url, stack.headers, CONNECTIONS)
             try:
-                async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers, timeout=60, limits=limits) as client:
-                    await _step(ctx, stack, client, follower, pids, rates[0], 1.0, 0)  # warm-up, not counted
+                async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers, timeout=60) as api:
+                    await _step(ctx, stack, client, api, follower, pids, rates[0], 1.0, 0)  # warm-up, not counted
                     seed = 100_000
                     for rate in rates:
-                        steps.append(await _step(ctx, stack, client, follower, pids, rate, seconds, seed))
+                        steps.append(await _step(ctx, stack, client, api, follower, pids, rate, seconds, seed))
                         seed += steps[-1].jobs
                         _judge(steps)
                         if not steps[-1].kept_up:
@@ -204,9 +205,10 @@ async def capacity(ctx: Context) -> list[Measurement]:
                     missed = next((step for step in steps if not step.kept_up), steps[-1])
                     stage = saturating_stage(missed)
                     profiled = await profile(pids[saturating_stage(missed, python_only=True)], seconds, _step(
-                        ctx, stack, client, follower, pids, missed.offered, seconds, seed))
+                        ctx, stack, client, api, follower, pids, missed.offered, seconds, seed))
                     profiled["stage"] = saturating_stage(missed, python_only=True)
             finally:
+                await client.close()
                 await follower.close()
     finally:
         await asyncio.to_thread(stack.stop)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
@@ -53,6 +54,7 @@ class Step:
     jobs: int
     accepted: int = 0
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     submit_rate: float = 0.0
     completed: int = 0
     completed_rate: float = 0.0
@@ -78,21 +80,21 @@ def _rate(times: list[float]) -> float:
     return (len(times) - 1) / span if span > 0 else 0.0
 
 
-async def _offer(client: RawClient, rate: float, count: int, first_seed: int) -> list[tuple[str | None, float, float]]:
-    """Send `count` jobs at `rate`, each at its due time; (job id or None, due, answered) per job.
+async def _offer(client: RawClient, rate: float, count: int, first_seed: int) -> list[tuple[str | None, float, float, str | None]]:
+    """Send `count` jobs at `rate`, each at its due time; (job id or None, due, answered, error) per job.
     Submit latency counts from the due time, so a backlog in the client's pool is counted too."""
     started = time.monotonic()
 
-    async def one(n: int) -> tuple[str | None, float, float]:
+    async def one(n: int) -> tuple[str | None, float, float, str | None]:
         due = started + n / rate
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         body = {"prompt": f"a red fox {first_seed + n}", "settings": {**SMALL_JOB, "seed": first_seed + n}}
         try:
             status, answer = await client.post_json("/v1/jobs", body)
-            job_id = answer["id"] if status == 202 else None
-        except (OSError, ValueError, KeyError, asyncio.IncompleteReadError):
-            job_id = None
-        return job_id, due, time.monotonic()
+            job_id, error = (answer["id"], None) if status == 202 else (None, f"HTTP {status}")
+        except (OSError, ValueError, KeyError, asyncio.IncompleteReadError) as exc:
+            job_id, error = None, type(exc).__name__
+        return job_id, due, time.monotonic(), error
 
     return await asyncio.gather(*(one(n) for n in range(count)))
 
@@ -132,10 +134,11 @@ async def _step(ctx: Context, stack: Stack, client: RawClient, api: httpx.AsyncC
     step.machine_busy = round((machine_after[0] - machine_before[0]) / (machine_after[1] - machine_before[1]), 3)
     step.load_average = os.getloadavg()[0]
     step.queue_depths = await _queue_depths(ctx.amqp_url, stack.namespace)
-    accepted = [(job_id, due, answered) for job_id, due, answered in sent if job_id]
+    accepted = [(job_id, due, answered) for job_id, due, answered, _ in sent if job_id]
     step.accepted, step.errors = len(accepted), step.jobs - len(accepted)
+    step.error_kinds = dict(Counter(error for *_, error in sent if error))
     step.submit_rate = round(_rate([answered for _, _, answered in accepted]), 1)
-    submit_ms = [(answered - due) * 1000 for _, due, answered in sent]
+    submit_ms = [(answered - due) * 1000 for _, due, answered, _ in sent]
     step.submit_p50_ms, step.submit_p99_ms = round(percentile(submit_ms, 50), 1), round(percentile(submit_ms, 99), 1)
     # Drain: wait for this step's jobs (bounded), so the next step starts on an empty stack.
     drain_started = time.monotonic()

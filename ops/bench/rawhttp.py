@@ -48,7 +48,14 @@ class RawClient:
         return status, json.loads(answer) if answer else {}
 
     async def _acquire(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._idle.empty() and self._open < self.connections:
+        """An idle connection the server has not closed (uvicorn closes one idle for 5 s), or a new one."""
+        while not self._idle.empty():
+            reader, writer = self._idle.get_nowait()
+            if not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.close()
+            self._open -= 1
+        if self._open < self.connections:
             self._open += 1
             try:
                 return await asyncio.open_connection(self.host, self.port)

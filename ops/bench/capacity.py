@@ -44,6 +44,7 @@ P99_SLACK = 2.0
 CONNECTIONS = 64
 # Processes that are not the control plane: their CPU is reported, never blamed.
 NOT_STAGES = ("generator (no-op)", "load client")
+FULL_CORE, FULL_MACHINE = 0.85, 0.90
 
 
 @dataclass
@@ -181,6 +182,18 @@ def saturating_stage(step: Step, python_only: bool = False) -> str:
     return max(stages, key=stages.get)
 
 
+def verdict(step: Step) -> str:
+    """What limited a step: one stage at a full core, the machine's cores, or neither."""
+    stage = saturating_stage(step)
+    busiest = f"{stage} the busiest at {step.cpu[stage]:.2f} of a core"
+    if step.cpu[stage] >= FULL_CORE:
+        return f"{stage}: a full core"
+    if step.machine_busy >= FULL_MACHINE:
+        return (f"the machine's cores ({step.machine_busy:.0%} busy, load average {step.load_average:.1f}): "
+                f"no process at a full core, {busiest}")
+    return f"no core full, {busiest}: the wait is elsewhere (see the profile)"
+
+
 async def capacity(ctx: Context) -> list[Measurement]:
     rates, seconds = (QUICK_STEPS, QUICK_SECONDS) if ctx.quick else (STEPS, SECONDS)
     stack = await ctx.stack("capacity", SERVICES)
@@ -226,7 +239,7 @@ def _measurements(steps: list[Step], stage: str, missed: Step, profiled: dict) -
     measurements = [Measurement(
         case="capacity", metric="sustained jobs/s (no-op generator)", unit="jobs/s", darkroom=sustained,
         better="higher",
-        details={"criterion": criterion, "cores": os.cpu_count(), "saturating_stage": stage,
+        details={"criterion": criterion, "cores": os.cpu_count(), "saturating_stage": stage, "limit": verdict(missed),
                  "saturating_at": missed.offered, "all_kept_up": all(step.kept_up for step in steps),
                  "steps": [asdict(step) for step in steps], "profile": profiled},
     )]

@@ -57,6 +57,7 @@ def test_capacity_case_offers_rising_rates_and_profiles_the_busiest_stage(amqp_u
     # The sustained rate is one of the offered rates that kept up (or 0 if none did).
     assert summary["darkroom"] in [step["offered"] for step in steps if step["kept_up"]] + [0]
     assert details["saturating_stage"] in ("ingress", "enricher", "saver", "recorder", "reaper", "rabbitmq")
+    assert details["limit"].startswith((details["saturating_stage"], "the machine", "no core full")), details["limit"]
     profile = details["profile"]
     assert profile["samples"] > 0 and profile["top_own_time"], profile
     assert profile["during"]["offered"] == details["saturating_at"]

@@ -219,10 +219,10 @@ async def capacity(ctx: Context) -> list[Measurement]:
                         if not steps[-1].kept_up:
                             break
                     missed = next((step for step in steps if not step.kept_up), steps[-1])
-                    stage = saturating_stage(missed)
-                    profiled = await profile(pids[saturating_stage(missed, python_only=True)], seconds, _step(
+                    stage, profiled_stage = saturating_stage(missed), saturating_stage(missed, python_only=True)
+                    profiled = await profile(pids[profiled_stage], seconds, _step(
                         ctx, stack, client, api, follower, pids, missed.offered, seconds, seed))
-                    profiled["stage"] = saturating_stage(missed, python_only=True)
+                    profiled["stage"] = profiled_stage
             finally:
                 await client.close()
                 await follower.close()

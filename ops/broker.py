@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -58,6 +59,12 @@ def ensure_installed() -> None:
         raise BrokerError(INSTALL_HINT)
 
 
+def start_epmd(port: int, env: dict[str, str], log) -> subprocess.Popen:
+    """Erlang's port mapper on loopback `port`: how nodes (and rabbitmqctl) find each other."""
+    return subprocess.Popen([_epmd_binary(), "-port", str(port), "-address", "127.0.0.1"],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+
+
 def _epmd_binary() -> str:
     found = shutil.which("epmd")
     if found:
@@ -67,18 +74,36 @@ def _epmd_binary() -> str:
     raise BrokerError("epmd (part of Erlang) was not found next to RabbitMQ")
 
 
-class PrivateBroker:
-    """One RabbitMQ node living entirely inside `base`, reachable at `url`."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener for the private node: its certificate and key (PEM), and the CA that client
+    certificates are checked against when a client sends one (none: clients are not asked)."""
 
-    def __init__(self, base: Path, port: int = 0, name: str | None = None, host: str = "127.0.0.1"):
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    port: int = 0
+
+
+class PrivateBroker:
+    """One RabbitMQ node living entirely inside `base`, reachable at `url` (and, with `tls`, for
+    amqps on `tls_port`)."""
+
+    def __init__(self, base: Path, port: int = 0, name: str | None = None, host: str = "127.0.0.1",
+                 tls: BrokerTls | None = None, *, epmd_port: int | None = None, cookie: str | None = None):
         self.base = base.resolve()
+        # A cluster's nodes share one epmd (so they find each other) and one Erlang cookie.
+        self.owns_epmd = epmd_port is None
+        self.cookie = cookie
         # Where it listens besides 127.0.0.1 (an interface address, or 0.0.0.0 for all): services
         # on this machine always connect over loopback, where `guest` is allowed.
         self.host = host or "127.0.0.1"
         self.local_host = "127.0.0.1"
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port = (tls.port or free_port()) if tls else None
         self.dist_port = free_port()
-        self.epmd_port = free_port()
+        self.epmd_port = epmd_port or free_port()
         self.node = self._node_name(name or "darkroom")
         self.server: subprocess.Popen | None = None
         self.epmd: subprocess.Popen | None = None
@@ -124,8 +149,10 @@ class PrivateBroker:
         for folder in (home, self.base / "mnesia", self.base / "log"):
             folder.mkdir(parents=True, exist_ok=True)
         cookie = home / ".erlang.cookie"
+        if self.cookie is not None and cookie.exists() and cookie.read_text() != self.cookie:
+            cookie.unlink()
         if not cookie.exists():
-            cookie.write_text(secrets.token_hex(16))
+            cookie.write_text(self.cookie or secrets.token_hex(16))
         cookie.chmod(0o400)
         (self.base / "rabbitmq.conf").write_text(
             self._listeners() +
@@ -141,10 +168,22 @@ class PrivateBroker:
         (self.base / "enabled_plugins").write_text("[].\n")
 
     def _listeners(self) -> str:
+        return self._listen("tcp", self.port) + (self._listen("ssl", self.tls_port) + self._tls_options()
+                                                  if self.tls else "")
+
+    def _listen(self, kind: str, port: int) -> str:
         if self.host in ("127.0.0.1", "0.0.0.0"):
-            return f"listeners.tcp.default = {self.host}:{self.port}\n"
+            return f"listeners.{kind}.default = {self.host}:{port}\n"
         # An interface address for remote workers, and loopback for this machine's services.
-        return f"listeners.tcp.default = 127.0.0.1:{self.port}\nlisteners.tcp.workers = {self.host}:{self.port}\n"
+        return f"listeners.{kind}.default = 127.0.0.1:{port}\nlisteners.{kind}.workers = {self.host}:{port}\n"
+
+    def _tls_options(self) -> str:
+        tls = self.tls
+        options = f"ssl_options.certfile = {tls.cert.resolve()}\nssl_options.keyfile = {tls.key.resolve()}\n"
+        if tls.ca is not None:
+            options += (f"ssl_options.cacertfile = {tls.ca.resolve()}\nssl_options.verify = verify_peer\n"
+                        "ssl_options.fail_if_no_peer_cert = false\n")
+        return options
 
     def _kill_stale(self) -> None:
         """A previous run killed without cleanup may have left its node (and epmd) running here.
@@ -190,10 +229,8 @@ class PrivateBroker:
         self._write_files()
         env = self._env()
         log = open(self.base / "log" / "server.out", "ab")
-        self.epmd = subprocess.Popen(
-            [_epmd_binary(), "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-            env=env, stdout=log, stderr=log, start_new_session=True,
-        )
+        if self.owns_epmd:
+            self.epmd = start_epmd(self.epmd_port, env, log)
         self._launch_node(env, log)
 
     def _launch_node(self, env: dict[str, str], log) -> None:
@@ -203,14 +240,14 @@ class PrivateBroker:
         (self.base / "pids").write_text(f"{self.server.pid} {self.epmd.pid if self.epmd else ''}\n")
         # How `rabbitmqctl` reaches this node from another process (`darkroom workers add`).
         (self.base / "ctl.json").write_text(json.dumps({"node": self.node, "port": self.port,
-                                                        "epmd_port": self.epmd_port}))
+                                                        "epmd_port": self.epmd_port, "tls_port": self.tls_port}))
 
     def relaunch(self) -> None:
         """Start the node again after it died (same port, name and data: queued messages survive),
         without waiting for it; epmd, if it still runs, is kept."""
         if self.alive:
             return
-        if self.epmd is None or self.epmd.poll() is not None:
+        if self.owns_epmd and (self.epmd is None or self.epmd.poll() is not None):
             self.launch()
             return
         self._launch_node(self._env(), open(self.base / "log" / "server.out", "ab"))
@@ -292,9 +329,11 @@ def rabbitmqctl(base: Path, *args: str, timeout: float = 60.0) -> str:
     return result.stdout
 
 
-def private_broker_port(base: Path) -> int | None:
-    """The AMQP port of the private node in `base`, if one was started there."""
+def private_broker_port(base: Path, *, tls: bool = False) -> int | None:
+    """The AMQP port (or with `tls`, the amqps port) of the private node in `base`, if one was
+    started there (with a TLS listener)."""
     try:
-        return int(json.loads((base / "ctl.json").read_text())["port"])
-    except (OSError, ValueError, KeyError):
+        port = json.loads((base / "ctl.json").read_text()).get("tls_port" if tls else "port")
+        return int(port) if port else None
+    except (OSError, ValueError, AttributeError):
         return None

@@ -25,6 +25,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(settings)
 
 
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ops.cluster import serve
+
+    base = Path(args.dir) if args.dir else _settings().data_path / "rabbitmq-cluster"
+    return serve(base, args.nodes, args.port)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     import json
 
@@ -55,7 +64,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     from schemas.topology import Topology
 
     settings = _settings()
-    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    url = deadletters.amqp_url(settings)
     topology = Topology(settings.namespace)
     if args.action == "list":
         deadletters.run_list(url, topology, args.json)
@@ -69,14 +78,18 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     from ops import deadletters, events
     from schemas.topology import Topology
+    from services.bus import BrokerUnavailable
 
     settings = _settings()
-    url = deadletters.amqp_url(settings.data_path, settings.amqp_url)
+    url = deadletters.amqp_url(settings)
     try:
         asyncio.run(events.tail(url, Topology(settings.namespace), pattern=args.type, job=args.job,
                                 as_json=args.json, count=args.count))
     except KeyboardInterrupt:
         pass
+    except BrokerUnavailable as exc:
+        print(f"darkroom events: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -108,7 +121,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ops.workers import run_worker
 
-    run_worker(args.broker, args.ingress, args.token, args.models, args.namespace)
+    run_worker(args.broker, args.ingress, args.token, args.models, args.namespace, args.broker_ca)
     return 0
 
 
@@ -201,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start RabbitMQ (unless DARKROOM_AMQP_URL is set), every service and the API")
     run.set_defaults(func=cmd_run)
+    broker = sub.add_parser("broker", help="RabbitMQ on this machine")
+    broker_sub = broker.add_subparsers(dest="broker_command", required=True)
+    cluster = broker_sub.add_parser("cluster", help="run a RabbitMQ cluster of several nodes here (quorum queues "
+                                                    "replicated on each) until Ctrl-C; prints DARKROOM_AMQP_URL")
+    cluster.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    cluster.add_argument("--port", type=int, default=0,
+                         help="AMQP port of node 1; node n listens on PORT+n-1 (default: free ports)")
+    cluster.add_argument("--dir", help="the nodes' folder (default: <data dir>/rabbitmq-cluster)")
+    cluster.set_defaults(func=cmd_broker)
     bench = sub.add_parser("bench", help="measure Darkroom against its baselines (default: every case)")
     bench.add_argument("cases", nargs="*", help="case names (overhead, saturation, memory, ingress, broker, ...)")
     bench.add_argument("--quick", action="store_true", help="small counts: keeps the harness working in the test suite")
@@ -283,11 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wait up to this long for the jobs that use it to end")
     remove.set_defaults(func=cmd_models)
     worker = sub.add_parser("worker", help="run a generator on this host for a Darkroom elsewhere (shares only the broker)")
-    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS")
-    worker.add_argument("--ingress", help="the control node's API, for LoRA files (DARKROOM_INGRESS_URL)")
+    worker.add_argument("--broker", help="AMQP URL with this worker's user (DARKROOM_AMQP_URL); amqps:// for TLS "
+                        "(see --broker-ca); a cluster's nodes comma-separated")
+    worker.add_argument("--ingress", help="the control node's API, for model and LoRA files (DARKROOM_INGRESS_URL)")
     worker.add_argument("--token", help="the worker key from `darkroom workers add` (DARKROOM_WORKER_TOKEN)")
-    worker.add_argument("--models", help="this worker's own folder: models/ and fetched LoRAs (DARKROOM_DATA_DIR)")
+    worker.add_argument("--models", help="this worker's own folder: its models/, fetched models and LoRAs (DARKROOM_DATA_DIR)")
     worker.add_argument("--namespace", help="the installation's namespace if not `darkroom` (DARKROOM_NAMESPACE)")
+    worker.add_argument("--broker-ca", help="with amqps://: the CA file the broker's certificate is checked against "
+                                            "(DARKROOM_BROKER_CA; client certificate: DARKROOM_BROKER_CERT/_KEY)")
     worker.set_defaults(func=cmd_worker)
     workers = sub.add_parser("workers", help="list generator workers (admin), add or revoke worker credentials")
     workers.add_argument("--url", help="the API (default: DARKROOM_URL, then the client config)")

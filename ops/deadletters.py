@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import aio_pika
 import msgspec
 
 from schemas.events import AnyCommand, AnyEvent, GenerateImages, JobRequeued, command_for_attempt
+from schemas.settings import Settings
 from schemas.topology import Topology, parked_origin, unparked_headers
 from services.bus import Bus, encoder
+from services.runtime import broker_url
 
 _decoder = msgspec.json.Decoder(AnyEvent | AnyCommand)
 CONNECT_TIMEOUT = 10.0
@@ -34,11 +35,12 @@ class Parked:
     headers: dict
 
 
-def amqp_url(data_dir: Path, configured: str | None) -> str:
-    """DARKROOM_AMQP_URL, else the private broker that `darkroom run` started for this data dir."""
-    if configured:
-        return configured
-    written = data_dir / "rabbitmq" / "url"
+def amqp_url(settings: Settings) -> str:
+    """DARKROOM_AMQP_URL (with its TLS files), else the private broker that `darkroom run` started
+    for this data dir."""
+    if settings.amqp_url:
+        return broker_url(settings)
+    written = settings.data_path / "rabbitmq" / "url"
     if written.exists():
         return written.read_text().strip()
     raise SystemExit("no broker: set DARKROOM_AMQP_URL, or start Darkroom with `just run` first")

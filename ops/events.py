@@ -12,6 +12,7 @@ from typing import TextIO
 import aio_pika
 
 from schemas.topology import Topology
+from services.bus import connect_robust
 
 ENVELOPE = ("type", "event_id", "job_id", "occurred_at")
 BYTES_FIELDS = ("png", "preview")
@@ -35,7 +36,7 @@ def line(body: bytes, *, as_json: bool) -> str:
 async def tail(url: str, topology: Topology, *, pattern: str, job: str | None, as_json: bool,
                count: int | None = None, out: TextIO = sys.stdout) -> int:
     """Print matching events until interrupted (or `count` printed); returns how many were printed."""
-    connection = await aio_pika.connect_robust(url)
+    connection = await connect_robust(url, name="darkroom-events", timeout=10)
     printed, done = 0, asyncio.Event()
     try:
         channel = await connection.channel()

@@ -69,7 +69,7 @@ async def pull(settings: Settings, command: PullModel, *, wait: bool = True) -> 
     from services.bus import BrokerUnavailable, Bus
 
     try:
-        url = amqp_url(settings.data_path, settings.amqp_url)
+        url = amqp_url(settings)
         bus = await Bus.connect(url, Topology(settings.namespace), name="darkroom-models", timeout=5)
     except (SystemExit, BrokerUnavailable):
         console.print("Darkroom is not running (no broker): pulling in this process; its generators will see the "
@@ -133,7 +133,7 @@ async def remove(settings: Settings, name: str, kind: str, wait: float) -> int:
     from services.bus import BrokerUnavailable, Bus
 
     try:
-        bus = await Bus.connect(amqp_url(settings.data_path, settings.amqp_url), Topology(settings.namespace),
+        bus = await Bus.connect(amqp_url(settings), Topology(settings.namespace),
                                 name="darkroom-models", timeout=5)
     except BrokerUnavailable as exc:
         console.print(f"[red]cannot reach the broker:[/red] {exc}; the models stage removes models while Darkroom runs")

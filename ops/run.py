@@ -18,10 +18,11 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
-from ops.broker import BrokerError, PrivateBroker, port_open
+from ops.broker import BrokerError, BrokerTls, PrivateBroker, port_open
 from schemas.settings import Settings
 
 STOP_GRACE = 25.0  # > a generator's shutdown grace (10 s) + one step and hand-back (8 s)
@@ -164,7 +165,11 @@ def run(settings: Settings) -> int:
     first_key = _first_admin_key(settings, data)
     started = time.monotonic()
     env = {**os.environ, "DARKROOM_DATA_DIR": str(data)}
-    broker = PrivateBroker(data / "rabbitmq", settings.broker_port, host=settings.broker_host) if not settings.amqp_url else None
+    tls = BrokerTls(Path(settings.broker_tls_cert), Path(settings.broker_tls_key),
+                    Path(settings.broker_ca) if settings.broker_ca else None,
+                    settings.broker_tls_port) if settings.broker_tls_cert else None
+    broker = (PrivateBroker(data / "rabbitmq", settings.broker_port, host=settings.broker_host, tls=tls)
+              if not settings.amqp_url else None)
     if broker is not None:
         env["DARKROOM_AMQP_URL"] = broker.url
     supervisor = Supervisor(settings, env)

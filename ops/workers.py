@@ -22,7 +22,7 @@ import msgspec
 
 from ops import keys as api_keys
 from ops.broker import BrokerError, private_broker_port, rabbitmqctl
-from schemas.settings import Settings
+from schemas.settings import Settings, broker_urls
 from schemas.workers import WorkerCredential
 from services.files import write_atomic
 
@@ -66,7 +66,8 @@ def private_broker_dir(settings: Settings, given: str | None) -> Path | None:
     port = private_broker_port(base)
     if port is None:
         return None
-    if settings.amqp_url and urlsplit(settings.amqp_url).port not in (port, None):
+    ours = (port, private_broker_port(base, tls=True), None)
+    if settings.amqp_url and all(urlsplit(url).port not in ours for url in broker_urls(settings.amqp_url)):
         return None  # DARKROOM_AMQP_URL names another broker
     return base
 
@@ -95,17 +96,24 @@ def add(settings: Settings, name: str, *, rabbitmq_dir: str | None = None, ingre
         except BrokerError as exc:
             api_keys.revoke(state, key.id)
             raise SystemExit(f"could not create the worker's RabbitMQ user: {exc}") from None
-        port = private_broker_port(base)
+        # Over TLS when the private broker has a TLS listener (DARKROOM_BROKER_TLS_CERT/KEY).
+        tls_port = private_broker_port(base, tls=True)
+        scheme, port = ("amqps", tls_port) if tls_port else ("amqp", private_broker_port(base))
         host = broker_host or _public_host(settings.broker_host)
-        broker = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+        broker = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
     else:  # the operator's own broker: the same address, with the user they make there
-        given = urlsplit(settings.amqp_url or "amqp://BROKER-HOST:5672/")
-        where = f"{broker_host or given.hostname}" + (f":{given.port}" if given.port else "")
-        broker = f"{given.scheme}://USER:PASSWORD@{where}{given.path or '/'}"
+        addresses = []  # every node of a cluster, so that the worker fails over too
+        for url in broker_urls(settings.amqp_url or "amqp://BROKER-HOST:5672/"):
+            given = urlsplit(url)
+            where = f"{broker_host or given.hostname}" + (f":{given.port}" if given.port else "")
+            addresses.append(f"{given.scheme}://USER:PASSWORD@{where}{given.path or '/'}")
+        broker = ",".join(dict.fromkeys(addresses))
     record = WorkerCredential(name=name, key_id=key.id, broker_user=user, created_at=datetime.now(UTC))
     _write(state, record)
     ingress = ingress_url or f"http://{_public_host(settings.host)}:{settings.port}"
     command = f"darkroom worker --broker {broker} --ingress {ingress} --token {token} --models ./darkroom-worker"
+    if broker.startswith("amqps://") and settings.broker_ca:
+        command += f" --broker-ca {Path(settings.broker_ca).name}"  # a copy of this CA file on the worker host
     if settings.namespace != "darkroom":
         command += f" --namespace {settings.namespace}"
     return record, command
@@ -138,11 +146,12 @@ def _public_host(host: str) -> str:
 
 
 def run_worker(broker: str | None, ingress: str | None, token: str | None, models: str | None,
-               namespace: str | None) -> None:
+               namespace: str | None, broker_ca: str | None = None) -> None:
     """Run one generator as a remote worker: the flags become its DARKROOM_* settings."""
     for variable, value in (("DARKROOM_AMQP_URL", broker), ("DARKROOM_INGRESS_URL", ingress),
                             ("DARKROOM_WORKER_TOKEN", token), ("DARKROOM_DATA_DIR", models),
-                            ("DARKROOM_NAMESPACE", namespace)):
+                            ("DARKROOM_NAMESPACE", namespace),
+                            ("DARKROOM_BROKER_CA", str(Path(broker_ca).resolve()) if broker_ca else None)):
         if value:
             os.environ[variable] = value
     missing = [v for v in ("DARKROOM_AMQP_URL", "DARKROOM_INGRESS_URL", "DARKROOM_WORKER_TOKEN")

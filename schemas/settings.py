@@ -26,11 +26,43 @@ class SettingsError(ValueError):
     """A DARKROOM_* variable holds a value Darkroom cannot use; the message names it."""
 
 
+AMQP_SCHEMES = ("amqp", "amqps")
+
+
+def broker_urls(raw: str, name: str = "DARKROOM_AMQP_URL") -> tuple[str, ...]:
+    """The broker addresses in `raw`: one AMQP URL, or several separated by commas (the nodes of one
+    RabbitMQ cluster: a process connects to one and fails over to the others). Each must be a whole
+    `amqp://` or `amqps://` URL with a host; the error names the one that is not."""
+    urls = tuple(part.strip() for part in raw.split(","))
+    for number, url in enumerate(urls, start=1):
+        where = f"{name}: address {number} of {len(urls)}"
+        if not url:
+            raise SettingsError(f"{where} is empty (addresses are separated by single commas, e.g. "
+                                "amqp://user:pass@h1:5672/,amqp://user:pass@h2:5672/)")
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in AMQP_SCHEMES:
+            raise SettingsError(f"{where} ({redact_url(url)!r}) must start with amqp:// or amqps://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
+        if not host:
+            raise SettingsError(f"{where} ({redact_url(url)!r}) names no host")
+    return urls
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (errors and logs may be shipped elsewhere)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    user_info, at_host = rest.split("@", 1)
+    return f"{scheme}://{user_info.split(':', 1)[0]}:***@{at_host}"
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a Darkroom process needs to know about where it runs."""
 
     data_dir: str = "./var"
-    # None means `darkroom run` starts a private broker and fills this in for the services.
+    # None means `darkroom run` starts a private broker and fills this in for the services. Several
+    # comma-separated URLs name the nodes of one cluster (see `broker_urls`).
     amqp_url: str | None = None
     namespace: str = "darkroom"
     host: str = "127.0.0.1"
@@ -50,6 +82,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # interface address (or 0.0.0.0) lets generator workers on other hosts in, each with its own
     # user (`darkroom workers add`; `guest` stays loopback-only).
     broker_host: str = "127.0.0.1"
+    # TLS to the broker (amqp_url `amqps://...`, for every service and `darkroom worker`): the CA
+    # file its certificate is checked against (empty: the system's CAs), and a client certificate
+    # and key for brokers that ask for one.
+    broker_ca: str = ""
+    broker_cert: str = ""
+    broker_key: str = ""
+    # The private broker's own certificate and key: when both are set, it also listens for amqps
+    # on broker_tls_port (0 picks a free one), on loopback and on broker_host, and `darkroom
+    # workers add` prints amqps commands (with broker_ca, when set, as the workers' CA).
+    broker_tls_cert: str = ""
+    broker_tls_key: str = ""
+    broker_tls_port: int = 0
     # Transient progress events per job per second, at most.
     progress_rate: float = 4.0
     # A preview image every this many steps (0: none).
@@ -193,9 +237,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"invalid DARKROOM_* setting: {exc}") from exc
         if settings.affinity_patience < 0:
             raise SettingsError(f"DARKROOM_AFFINITY_PATIENCE must be 0 or more seconds, got {settings.affinity_patience}")
+        if settings.amqp_url:
+            broker_urls(settings.amqp_url)
         unknown = sorted(set(settings.service_list) - set(SERVICES))
         if unknown:
             raise SettingsError(f"DARKROOM_SERVICES names unknown services {unknown}; valid: {', '.join(SERVICES)}")
+        for name in ("broker_ca", "broker_cert", "broker_key", "broker_tls_cert", "broker_tls_key"):
+            given = getattr(settings, name)
+            if given and not Path(given).is_file():
+                raise SettingsError(f"DARKROOM_{name.upper()} names {given!r}, which is not a file")
+        for one, other in (("broker_cert", "broker_key"), ("broker_tls_cert", "broker_tls_key")):
+            if bool(getattr(settings, one)) != bool(getattr(settings, other)):
+                raise SettingsError(f"DARKROOM_{one.upper()} and DARKROOM_{other.upper()} go together: set both or neither")
         dialects = {part.strip().lower() for part in settings.dialects.split(",") if part.strip()}
         unknown = sorted(dialects - {*DIALECTS, "all", "none"})
         if unknown:

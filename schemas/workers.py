@@ -1,5 +1,6 @@
-"""Generator workers as the admin API lists them (GET /v1/workers), and the record `darkroom
-workers add` keeps of each worker credential (state/workers/<name>.json)."""
+"""Generator workers as the admin API lists them (GET /v1/workers), the record `darkroom
+workers add` keeps of each worker credential (state/workers/<name>.json), and the manifest of
+models they fetch (GET /v1/files/models)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from datetime import datetime
 from typing import Literal
 
 import msgspec
+
+from schemas.catalog import ModelEntry, ModelFile
 
 WorkerStatus = Literal["up", "gone"]
 
@@ -44,3 +47,23 @@ class WorkerCredential(msgspec.Struct, kw_only=True):
     broker_user: str | None = None
     created_at: datetime
     revoked_at: datetime | None = None
+
+
+class RemoteModel(msgspec.Struct, frozen=True, kw_only=True):
+    """A model of the control node's catalog as a remote worker fetches it: the catalog entry with
+    `source` and `config` relative to the model's own folder, and every file of that folder."""
+
+    id: str
+    entry: ModelEntry
+    files: list[ModelFile]
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class ModelManifest(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /v1/files/models: the control node's models whose files it holds (hub ids it would
+    download itself are left out), for generator workers that share no disk with it."""
+
+    models: list[RemoteModel]

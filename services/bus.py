@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -31,18 +32,26 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from pamqp.commands import Basic
 from yarl import URL
 
 from schemas import topology
 from schemas.events import TRANSIENT_EVENTS, AnyCommand, AnyEvent, Command, Event, GenerateImages, new_id
+from schemas.settings import broker_urls, redact_url
 from schemas.topology import DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER, REPLY_TO, Topology
 
 log = structlog.get_logger("bus")
 
 PUBLISH_TIMEOUT = 15.0
+# A quorum queue that lost its leader (its node died) nacks publishes until it has elected another,
+# a few seconds on a cluster: a nacked publish is sent again, with backoff, for this long.
+NACK_RETRY_SECONDS = 20.0
 # AMQP heartbeat, seconds: a process that stops answering (frozen, stopped, partitioned) loses its
 # connection after about two of these, and the broker gives the messages it held to others.
 HEARTBEAT = 10
+# Seconds between reconnect attempts after a failed one (aio-pika's default is 5): with a cluster
+# the next attempt goes to another node, which is most likely up.
+RECONNECT_INTERVAL = 1
 
 # One encoder and one decoder of each kind per process.
 encoder = msgspec.json.Encoder()
@@ -71,6 +80,65 @@ def routing_key(message: Event | Command) -> str:
     return type(message).__struct_config__.tag  # type: ignore[return-value]
 
 
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection to any of several broker nodes (one cluster): after a drop, or a failed
+    attempt, the next attempt goes to the next address, and aio-pika restores channels, queues,
+    bindings and consumers there as it would on the same node.
+
+    aio-pika's RobustConnection reconnects only to `self.url`, and clears `transport` at the start of
+    every attempt (`_RobustConnection__connect_transport`, and `close`): that assignment is where
+    `url` moves on. tests/integration/test_cluster.py holds it to that.
+    """
+
+    def __init__(self, urls: list[URL], start: int, **kwargs: Any):
+        self.addresses = urls
+        self._turn = start
+        super().__init__(urls[start % len(urls)], **kwargs)
+
+    @property
+    def transport(self) -> Any:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None and "_transport" in self.__dict__:  # an attempt begins (not __init__)
+            self._turn += 1
+            self.url = self.addresses[self._turn % len(self.addresses)]
+        self.__dict__["_transport"] = value
+
+
+async def connect_robust(url: str, *, name: str, timeout: float = 30.0) -> FailoverConnection:
+    """A robust connection to `url` (one AMQP URL or a cluster's comma-separated nodes), retried
+    over every address until `timeout`.
+
+    Each process starts at a random node, so that a cluster's connections spread over its nodes."""
+    given = broker_urls(url)
+    urls = [URL(part).update_query(heartbeat=HEARTBEAT, reconnect_interval=RECONNECT_INTERVAL) for part in given]
+    deadline = asyncio.get_running_loop().time() + timeout
+    turn = random.randrange(len(urls))
+    waiting_logged = False
+    while True:
+        # Made here, not by aio_pika.connect_robust(), so that an attempt cut short (shutdown while
+        # the broker is away) can be closed instead of leaving its reconnect loop running.
+        connection = FailoverConnection(urls, turn, client_properties={"connection_name": name})
+        try:
+            await connection.connect(timeout=5)
+            return connection
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            if not isinstance(exc, (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError)):
+                raise
+            where = ", ".join(redact_url(part) for part in given)
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {exc}") from exc
+            if not waiting_logged:
+                log.info("waiting for the broker", url=where)
+                waiting_logged = True
+            turn += 1
+            await asyncio.sleep(0.25)
+
+
 class Bus:
     """A robust connection with a confirming channel for durable messages and a plain one for transient ones."""
 
@@ -90,43 +158,48 @@ class Bus:
         self._model_queues: set[str] = set()
         # A model queue's consuming channel and queue, kept to consume it again after a stop.
         self._model_consumers: dict[str, AbstractQueue] = {}
+        self._renewing = asyncio.Lock()
 
     @classmethod
     async def connect(cls, url: str, topology: Topology, *, name: str, timeout: float = 30.0) -> Bus:
-        """Connect (retrying until `timeout`), open channels and declare the whole topology."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        waiting_logged = False
-        while True:
-            # Made here, not by connect_robust(), so that an attempt cut short (shutdown while the
-            # broker is away) can be closed instead of leaving its reconnect loop running.
-            connection = aio_pika.RobustConnection(
-                URL(url).update_query(heartbeat=HEARTBEAT), client_properties={"connection_name": name}
-            )
-            try:
-                await connection.connect(timeout=5)
-                break
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    await connection.close()
-                if not isinstance(exc, (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError)):
-                    raise
-                if asyncio.get_running_loop().time() > deadline:
-                    raise BrokerUnavailable(f"cannot reach RabbitMQ at {_redact(url)}: {exc}") from exc
-                if not waiting_logged:
-                    log.info("waiting for the broker", url=_redact(url))
-                    waiting_logged = True
-                await asyncio.sleep(0.25)
+        """Connect to `url` (one AMQP URL, or the comma-separated nodes of a cluster; retrying until
+        `timeout`), open channels and declare the whole topology."""
+        connection = await connect_robust(url, name=name, timeout=timeout)
         bus = cls(connection, topology)
         await bus.open()
         return bus
 
     async def open(self) -> None:
-        self._confirming = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         self._transient = await self.connection.channel(publisher_confirms=False)
+        await self._open_confirming()
         await declare_topology(self._confirming, self.topology)
+
+    async def _open_confirming(self) -> None:
+        self._confirming = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         for name in (self.topology.events, self.topology.commands, self.topology.dead_letter):
             self._exchanges[name] = await self._confirming.get_exchange(name, ensure=False)
         self._exchanges[""] = self._confirming.default_exchange  # routes straight to a named queue
+
+    async def _renew_confirming(self, nacked: AbstractChannel) -> None:
+        """A new confirming channel in place of `nacked`, unless another publish renewed it already.
+
+        RabbitMQ 3.10: a channel whose first publish to a quorum queue met that queue without a
+        leader (its node just died) has every later publish to it nacked, long after a new leader
+        took over, while a new channel's are confirmed. The old channel is closed once the
+        publishes still in flight on it had their time."""
+        async with self._renewing:
+            if self._confirming is not nacked:
+                return
+            await self._open_confirming()
+
+        async def close_later() -> None:
+            await asyncio.sleep(PUBLISH_TIMEOUT)
+            with contextlib.suppress(Exception):
+                await nacked.close()
+
+        task = asyncio.ensure_future(close_later())
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     @property
     def connected(self) -> bool:
@@ -207,16 +280,32 @@ class Bus:
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT if transient else aio_pika.DeliveryMode.PERSISTENT,
             expiration=expiration,
         )
-        try:
-            ex = self._exchanges[exchange]
-            if transient:
-                ex = self._transient_exchanges.get(exchange) or await channel.get_exchange(exchange, ensure=False)
-                self._transient_exchanges[exchange] = ex
-            await ex.publish(message, routing_key=key, mandatory=not transient, timeout=PUBLISH_TIMEOUT)
-        except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as exc:
-            raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
-        except (TimeoutError, *CONNECTION_ERRORS) as exc:
-            raise BrokerUnavailable(f"broker unreachable while publishing {key}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + NACK_RETRY_SECONDS, 0.1
+        while True:
+            channel = self._transient if transient else self._confirming
+            try:
+                ex = self._exchanges[exchange]
+                if transient:
+                    ex = self._transient_exchanges.get(exchange) or await channel.get_exchange(exchange, ensure=False)
+                    self._transient_exchanges[exchange] = ex
+                await ex.publish(message, routing_key=key, mandatory=not transient, timeout=PUBLISH_TIMEOUT)
+                return
+            except aio_pika.exceptions.DeliveryError as exc:
+                if not isinstance(exc.frame, Basic.Nack) or loop.time() + delay > deadline:
+                    raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
+                # Not a reason to give the message being handled back (each return counts towards
+                # its delivery limit, and an election outlasts a few of them): the same message,
+                # same id, again; consumers skip the copy a queue that did take it may now hold.
+                log.info("broker nacked a publish (a quorum queue electing a leader?); publishing again",
+                         key=key, retry_in=delay)
+                await asyncio.sleep(delay)
+                await self._renew_confirming(channel)
+                delay = min(2.0, delay * 2)
+            except aio_pika.exceptions.PublishError as exc:
+                raise BrokerUnavailable(f"broker refused {key}: {exc}") from exc
+            except (TimeoutError, *CONNECTION_ERRORS) as exc:
+                raise BrokerUnavailable(f"broker unreachable while publishing {key}: {exc}") from exc
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
         """Park a message in the dead-letter queue with the reason, then ack the original."""
@@ -455,9 +544,3 @@ async def declare_model_queue(channel: AbstractChannel, topo: Topology, model_id
     await queue.bind(topo.commands, routing_key=topology.generate_images_key(model_id))
     return queue
 
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

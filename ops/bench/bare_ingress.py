@@ -18,13 +18,15 @@ import aio_pika
 import uvicorn
 from litestar import Litestar, Request, Response, get, post
 
+from services.bus import connect_robust
+
 
 def create_app(amqp_url: str, exchange_name: str, jobs_dir: Path) -> Litestar:
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(_app: Litestar):
-        connection = await aio_pika.connect_robust(amqp_url)
+        connection = await connect_robust(amqp_url, name="bench-bare-ingress")
         channel = await connection.channel(publisher_confirms=True)
         state["exchange"] = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.FANOUT, auto_delete=True)
         # Like-for-like with Darkroom: a durable quorum queue, so a confirm means the broker fsynced.

@@ -21,6 +21,7 @@ from schemas import topology
 from schemas.events import JobAccepted
 from schemas.jobs import GenerationSettings, JobSpec
 from schemas.topology import Topology
+from services.bus import connect_robust
 
 MB = 1024 * 1024
 
@@ -250,7 +251,7 @@ def _spec(seed: int) -> JobSpec:
 async def _publish_accepted(url: str, namespace: str, jobs: int, follower: Follower) -> tuple[float, list[str]]:
     """Publish job.accepted like the ingress would (confirmed, a window in flight); time to the last completion."""
     encoder = msgspec.json.Encoder()
-    connection = await aio_pika.connect_robust(url)
+    connection = await connect_robust(url, name="bench")
     channel = await connection.channel(publisher_confirms=True)
     exchange = await channel.get_exchange(Topology(namespace).events, ensure=True)
     ids = [str(uuid.uuid4()) for _ in range(jobs)]
@@ -273,7 +274,7 @@ async def _relay_chain(ctx: Context, jobs: int, hops: int) -> float:
                               log=ctx.work / "relay.log") for n in range(hops)]
     for helper in helpers:
         helper.__enter__()
-    connection = await aio_pika.connect_robust(ctx.amqp_url)
+    connection = await connect_robust(ctx.amqp_url, name="bench")
     try:
         channel = await connection.channel(publisher_confirms=True)
         for name in queues:

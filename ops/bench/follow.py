@@ -11,6 +11,7 @@ import aio_pika
 
 from schemas import topology
 from schemas.topology import Topology
+from services.bus import connect_robust
 
 
 class Follower:
@@ -25,7 +26,7 @@ class Follower:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
 
     async def start(self, keys: tuple[str, ...] = (topology.EVERY_EVENT,)) -> Follower:
-        self._connection = await aio_pika.connect_robust(self.amqp_url)
+        self._connection = await connect_robust(self.amqp_url, name="bench-follower")
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=1000)
         exchange = await channel.get_exchange(self.topology.events, ensure=True)

@@ -26,7 +26,7 @@ from ops.bench.stack import cpu_seconds, rss
 from schemas import topology
 from schemas.events import JobProgressed
 from schemas.topology import Topology
-from services.bus import encoder
+from services.bus import connect_robust, encoder
 
 SUBSCRIBER_PROCESSES = 2
 
@@ -80,7 +80,7 @@ async def live(ctx: Context) -> list[Measurement]:
     stack = await ctx.stack("live", ("ingress",))
     async with httpx.AsyncClient(base_url=stack.url, headers=stack.headers, timeout=30) as client:
         job_ids = [await submit(client, seed) for seed in range(jobs_count)]
-    connection = await aio_pika.connect_robust(ctx.amqp_url)
+    connection = await connect_robust(ctx.amqp_url, name="bench-live")
     channel = await connection.channel(publisher_confirms=False)
     exchange = await channel.get_exchange(Topology(stack.namespace).events, ensure=True)
     auth = stack.headers["Authorization"]

@@ -22,7 +22,7 @@ from schemas.events import AnyCommand, GenerateImages, ImageGenerated, JobStarte
 from schemas.jobs import ImageMetadata
 from schemas.layout import image_id
 from schemas.topology import Topology
-from services.bus import declare_model_queue
+from services.bus import connect_robust, declare_model_queue
 
 PIXEL = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
@@ -33,7 +33,7 @@ async def run(url: str, namespace: str, model: str = TINY_MODEL_ID) -> None:
     topo = Topology(namespace)
     decoder = msgspec.json.Decoder(AnyCommand)
     encoder = msgspec.json.Encoder()
-    connection = await aio_pika.connect_robust(url)
+    connection = await connect_robust(url, name="bench-noop-generator")
     channel = await connection.channel(publisher_confirms=True)
     await channel.set_qos(prefetch_count=64)
     events = await channel.get_exchange(topo.events, ensure=True)

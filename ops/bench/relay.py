@@ -12,9 +12,11 @@ import asyncio
 
 import aio_pika
 
+from services.bus import connect_robust
+
 
 async def run(url: str, source: str, target: str) -> None:
-    connection = await aio_pika.connect_robust(url)
+    connection = await connect_robust(url, name="bench-relay")
     channel = await connection.channel(publisher_confirms=True)
     await channel.set_qos(prefetch_count=64)
     queue = await channel.declare_queue(source, durable=True, arguments={"x-queue-type": "quorum"})

@@ -2,8 +2,8 @@
 processes on one stack (`DARKROOM_GENERATORS`), each with torch on one thread, against one
 generator in the same run. The broker spreads the jobs; the processes share this host's cores,
 so the ideal is min(N, cores) times one generator (`details` says how many cores there were).
-The same scale-out across hosts, with nothing shared but the broker, is what
-tests/integration/test_remote_workers.py runs."""
+The same scale-out across hosts, with nothing shared but the broker, is the `remote` case
+(ops/bench/remote.py), with the setup of tests/integration/test_remote_workers.py."""
 
 from __future__ import annotations
 

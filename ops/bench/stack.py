@@ -21,6 +21,7 @@ import aio_pika
 from ops.broker import free_port
 from schemas.settings import SERVICES
 from schemas.topology import Topology
+from services.bus import connect_robust
 
 
 def rss(pid: int) -> tuple[int, int]:
@@ -41,6 +42,34 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on a local TCP port (the bench's broker, to read its CPU), from
+    /proc/net/tcp{,6} and each process's open sockets; None if none can be seen."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+    return None
 
 
 def children(pid: int) -> list[int]:
@@ -110,7 +139,7 @@ class Stack:
         """Until each stage's queue has a consumer (the ingress has none: its health says ready)."""
         stages = stages if stages is not None else tuple(s for s in self.services if s != "ingress")
         topo = Topology(self.namespace)
-        connection = await aio_pika.connect_robust(self.amqp_url)
+        connection = await connect_robust(self.amqp_url, name="bench-stack")
         deadline = time.monotonic() + timeout
         try:
             for stage in stages:
@@ -168,7 +197,7 @@ class Stack:
 
 async def drop_namespace(amqp_url: str, namespace: str) -> None:
     topo = Topology(namespace)
-    connection = await aio_pika.connect_robust(amqp_url)
+    connection = await connect_robust(amqp_url, name="bench-stack")
     try:
         stages = [s for s in SERVICES if s != "ingress"] + ["reaper.commands", "notifier.deliveries"]
         for name in [topo.queue(s) for s in stages] + [topo.dead_letters, topo.reaper_dead_letters]:

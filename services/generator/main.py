@@ -18,7 +18,7 @@ from services.bus import BrokerUnavailable, command_decoder, delivery_count
 from services.generator import engine, faults
 from services.generator.affinity import Affinity
 from services.generator.handlers import fail_job, follow_catalog, follow_job, generate_images
-from services.generator.remote import wrap_render
+from services.generator.remote import attach
 from services.generator.worker import Options, Worker
 
 STAGE = "generator"
@@ -39,15 +39,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         ready = await starting
         default, warm = catalog.model(None), ready.warm
         worker_id = f"{socket.gethostname()}-{os.getpid()}"
-        render, presence = wrap_render(ready.render, settings, lora_folder=data.loras_dir, cache=ready.cache,
-                                       worker_id=worker_id, device=ready.device, max_batch=ready.capacity)
+        # On another host: the control node's models join the catalog (fetched when first needed).
+        parts = await asyncio.to_thread(attach, ready, settings, catalog, data=data, worker_id=worker_id)
+        presence = parts.presence
         options = Options(
             max_batch=ready.capacity, max_attempts=settings.max_attempts,
             heartbeat_interval=settings.heartbeat_interval, overlap=settings.overlap == "on",
             batch_wait=settings.batch_wait_ms / 1000,
         )
         worker = Worker(
-            bus=bus, catalog=catalog, cache=ready.cache, render=render,
+            bus=bus, catalog=parts.catalog, cache=parts.cache, render=parts.render,
             worker_id=worker_id, options=options,
         )
 
@@ -68,6 +69,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             partial(follow_job, worker=worker), name="generator-follow", outlive_disconnects=True,
         )
         await bus.subscribe(topology.CATALOG_CHANGE_KEYS, partial(follow_catalog, worker=worker), name="generator-catalog")
+        if parts.follow_models is not None:
+            await bus.subscribe(topology.CATALOG_CHANGE_KEYS, parts.follow_models, name="generator-models")
         # Prefetch two batches: overlapped, one finishes while the next generates (or a full next
         # batch waits while one runs). Not more: commands a worker holds when it dies go back with
         # their delivery count up by one (4 deliveries allowed), held or not.

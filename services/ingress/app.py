@@ -42,7 +42,7 @@ log = structlog.get_logger("ingress")
 
 async def keep_connected(link: BusLink, settings: Settings) -> None:
     """Connect to the broker in the background; until then requests that need it get 503."""
-    url = settings.amqp_url or runtime.DEFAULT_AMQP_URL
+    url = runtime.broker_url(settings)
     while True:
         try:
             link.bus = await Bus.connect(url, Topology(settings.namespace), name="ingress", timeout=10)

@@ -1,5 +1,6 @@
-"""Content hashes of LoRA files, for jobs (the sha256 a job's LoRA had when it was accepted) and
-for remote workers (the file with a given sha256, served by GET /v1/files/loras/{sha256}).
+"""Content hashes of files: LoRAs for jobs (the sha256 a job's LoRA had when it was accepted) and
+for remote workers (the file with a given sha256, served by GET /v1/files/loras/{sha256}); model
+files for the manifest remote workers fetch models by (GET /v1/files/models).
 
 A hash is remembered per file identity (path, inode, size, mtime), so a file is read once however
 many jobs name it, and a rewritten file is hashed again. The LoRA index (`index.py`) keeps its own
@@ -16,8 +17,8 @@ from services.library.index import sha256_of
 _Identity = tuple[str, int, int, int]
 
 
-class LoraHashes:
-    """sha256 of LoRA files by identity, and the file last seen with each sha256."""
+class FileHashes:
+    """sha256 of files by identity, and the file last seen with each sha256."""
 
     def __init__(self) -> None:
         self._by_identity: dict[_Identity, str] = {}
@@ -54,5 +55,7 @@ class LoraHashes:
             return None
 
 
-# One per process: the ingress stamps hashes at submit and serves files by them.
-lora_hashes = LoraHashes()
+# One of each per process: the ingress stamps LoRA hashes at submit and serves files by them, and
+# lists model files with theirs (a model's gigabytes are read once per process, not per request).
+lora_hashes = FileHashes()
+model_hashes = FileHashes()

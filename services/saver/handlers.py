@@ -12,9 +12,10 @@ from typing import Protocol
 
 import structlog
 
-from schemas.events import Event, ImageGenerated, ImageSaved, JobCompleted, JobFailed, WorkerHeartbeat
+from schemas.events import Event, ImageGenerated, ImageSaved, JobCompleted, JobFailed, WorkerHeartbeat, derived_id
 from schemas.jobs import TERMINAL_STATUSES, ImageRecord, JobDocument
 from schemas.layout import image_id
+from schemas.topology import IMAGE_SAVED, JOB_COMPLETED
 from services.jobfiles import JobFiles
 
 log = structlog.get_logger("saver")
@@ -182,11 +183,14 @@ async def save_image(event: ImageGenerated, *, bus: Publisher, files: JobFiles, 
             log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
             return
         saved.add(event)
-        announced = ImageSaved(job_id=event.job_id, image=record)
+        # Ids derived from the image's event: announcing a redelivered image again (the saver lost
+        # its broker node after publishing, before its ack) logs nothing twice.
+        announced = ImageSaved(job_id=event.job_id, image=record, event_id=derived_id(event.event_id, IMAGE_SAVED))
         if records is None:
             await bus.publish(announced)
             return
-        completed = JobCompleted(job_id=event.job_id, image_ids=[r.id for r in records], images=records, attempt=event.attempt)
+        completed = JobCompleted(job_id=event.job_id, image_ids=[r.id for r in records], images=records,
+                                 attempt=event.attempt, event_id=derived_id(event.event_id, JOB_COMPLETED))
         # image.saved is written to the broker before job.completed; both confirms awaited together.
         await asyncio.gather(bus.publish(announced), bus.publish(completed))
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import msgspec
 
 from ops.bench.affinity import model_loads
+from ops.netns import clean_env, stop_all
 from schemas.events import ImageGenerated
 from schemas.settings import Settings
 from tests.integration.test_generator import command
-from tests.integration.test_remote_workers import clean_env, spawn, stop_all
+from tests.integration.test_remote_workers import spawn
 from tests.support import eventually
 
 MODELS = ("m1", "m2", "m3")

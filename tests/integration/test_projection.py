@@ -159,3 +159,26 @@ def test_a_deletion_in_the_batch_of_its_jobs_completion_still_deletes_the_row(tm
     projection.catch_up()
     assert projection.con.execute("SELECT deleted_reason FROM images WHERE id = ?", [image]).fetchone() == ("deleted",)
     projection.close()
+
+
+def test_a_catch_up_leaves_what_arrives_while_it_writes_to_the_next_one(tmp_path: Path):
+    """Events appended while a catch-up commits wait for the next catch-up (one transaction each,
+    whatever it holds) instead of being chased one small transaction at a time."""
+    events = tmp_path / "source"
+    write_log(events, 40, active=0)
+    lines = [line for path in sorted(events.glob("*.jsonl")) for line in path.read_bytes().splitlines(keepends=True)]
+    log = tmp_path / "events" / "2026-01-01.jsonl"
+    log.parent.mkdir()
+    log.write_bytes(b"".join(lines[:100]))
+    arriving = iter(lines[100:])
+
+    class Appended(Projection):
+        def _write(self, batch):
+            with log.open("ab") as out:  # the recorder appends while this transaction commits
+                out.write(next(arriving))
+            super()._write(batch)
+
+    projection = Appended(tmp_path / "analytics.duckdb", log.parent)
+    assert projection.catch_up() == 100
+    assert projection.catch_up() == 1  # the one line that arrived during the first commit
+    assert projection.position.events == 101

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from schemas.catalog import CatalogError, parse_catalog
-from schemas.settings import Settings, SettingsError, parse_size
+from schemas.settings import Settings, SettingsError, broker_urls, parse_size
 from services.styles import UnknownStyle, enrich_prompt
 
 
@@ -29,6 +29,15 @@ def test_values_are_read_and_converted():
 def test_bad_values_are_named(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_broker_tls_files_must_exist_and_come_in_pairs():
+    with pytest.raises(SettingsError, match=r"DARKROOM_BROKER_CA names '/nowhere/ca\.pem', which is not a file"):
+        Settings.from_env({"DARKROOM_BROKER_CA": "/nowhere/ca.pem"})
+    with pytest.raises(SettingsError, match="DARKROOM_BROKER_TLS_CERT and DARKROOM_BROKER_TLS_KEY go together"):
+        Settings.from_env({"DARKROOM_BROKER_TLS_CERT": __file__})
+    both = Settings.from_env({"DARKROOM_BROKER_CERT": __file__, "DARKROOM_BROKER_KEY": __file__})
+    assert both.broker_cert == both.broker_key == __file__
 
 
 def test_generator_defaults_follow_the_device_unless_set():
@@ -76,3 +85,22 @@ def test_styles_wrap_the_prompt_and_add_negatives():
     assert enrich_prompt("as is", None, None, DEFAULT_STYLES) == ("as is", None)
     with pytest.raises(UnknownStyle, match="valid styles: anime"):
         enrich_prompt("x", None, "noir", DEFAULT_STYLES)
+
+
+def test_the_broker_url_may_name_a_clusters_nodes():
+    raw = "amqp://u:p@h1:5672/, amqps://u:p@h2:5671/vh"
+    assert broker_urls(Settings.from_env({"DARKROOM_AMQP_URL": raw}).amqp_url) == (
+        "amqp://u:p@h1:5672/", "amqps://u:p@h2:5671/vh")
+
+
+@pytest.mark.parametrize("raw, named", [
+    ("amqp://u:p@h1:5672/,,amqp://u:p@h3:5672/", "address 2 of 3 is empty"),
+    ("amqp://u:p@h1:5672/,http://u:secret@h2:5672/", "address 2 of 2 ('http://u:***@h2:5672/') must start with amqp://"),
+    ("amqp://u:p@h1:5672/,", "address 2 of 2 is empty"),
+    ("amqps://u:p@:5671/", "address 1 of 1 ('amqps://u:***@:5671/') names no host"),
+])
+def test_a_bad_broker_address_list_is_refused_naming_the_address(raw, named):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"DARKROOM_AMQP_URL": raw})
+    assert "DARKROOM_AMQP_URL" in str(error.value) and named in str(error.value)
+    assert "secret" not in str(error.value)

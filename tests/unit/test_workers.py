@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 
 from ops.workers import NAME, permissions
 from schemas.events import WorkerPresence
+from schemas.settings import Settings
 from services.generator.presence import Presence, TalliedRender, Tally
 from services.generator.render import Rendered
 from services.ingress.workers import WorkerBoard
+from services.runtime import broker_url
 
 
 def presence(worker: str, *, interval: float = 10.0, leaving: bool = False) -> WorkerPresence:
@@ -79,3 +81,15 @@ def test_worker_broker_permissions_cover_the_namespace_only():
 
 def test_worker_names_are_plain():
     assert NAME.match("gpu-box-1") and not NAME.match("GPU") and not NAME.match("-x") and not NAME.match("a/b")
+
+
+def test_amqps_urls_carry_the_tls_files_and_plain_ones_are_left_alone():
+    tls = Settings(amqp_url="amqps://w:pw@control.lan:5671/,amqp://guest:guest@127.0.0.1:5672/",
+                   broker_ca="/etc/darkroom/ca.pem", broker_cert="/etc/darkroom/w.pem", broker_key="/etc/darkroom/w.key")
+    secure, plain = broker_url(tls).split(",")
+    assert secure == ("amqps://w:pw@control.lan:5671/?cafile=%2Fetc%2Fdarkroom%2Fca.pem"
+                      "&certfile=%2Fetc%2Fdarkroom%2Fw.pem&keyfile=%2Fetc%2Fdarkroom%2Fw.key")
+    assert plain == "amqp://guest:guest@127.0.0.1:5672/"
+    assert broker_url(Settings()) == "amqp://guest:guest@127.0.0.1:5672/"
+    given = Settings(amqp_url="amqps://h/?cafile=/mine.pem", broker_ca="/etc/darkroom/ca.pem")
+    assert broker_url(given) == "amqps://h/?cafile=%2Fmine.pem", "a CA in the URL wins"

@@ -574,6 +574,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/files/models/{model}/{path}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One file of a model (worker or admin keys) */
+        get: operations["V1FilesModelsPathModelFile"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/files/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The models a worker can fetch, file by file (worker or admin keys) */
+        get: operations["V1FilesModelsModels"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/workers": {
         parameters: {
             query?: never;
@@ -2389,6 +2423,72 @@ export interface components {
             /** @default darkroom */
             owned_by?: string;
         };
+        /**
+         * ModelDefaults
+         * @default {
+         *       "num_inference_steps": 30,
+         *       "guidance_scale": 7.5,
+         *       "width": 512,
+         *       "height": 512,
+         *       "sampler": null,
+         *       "strength": 0.75,
+         *       "hr_denoising_strength": 0.7
+         *     }
+         */
+        ModelDefaults: {
+            /** @default 30 */
+            num_inference_steps?: number;
+            /** @default 7.5 */
+            guidance_scale?: number;
+            /** @default 512 */
+            width?: number;
+            /** @default 512 */
+            height?: number;
+            sampler?: string | null;
+            /** @default 0.75 */
+            strength?: number;
+            /** @default 0.7 */
+            hr_denoising_strength?: number;
+        };
+        /** ModelEntry */
+        ModelEntry: {
+            /** @default  */
+            id?: string;
+            source: string;
+            config?: string | null;
+            /**
+             * @default sd1.x
+             * @enum {string}
+             */
+            family?: "sd1.x" | "sd2.x" | "sdxl" | "sd3" | "flux";
+            /** @default  */
+            description?: string;
+            /**
+             * @default auto
+             * @enum {string}
+             */
+            dtype?: "auto" | "float32" | "float16" | "bfloat16";
+            /** @default auto */
+            device?: string;
+            /** @default true */
+            supports_negative_prompt?: boolean;
+            /**
+             * @default [
+             *       "txt2img",
+             *       "img2img",
+             *       "inpaint"
+             *     ]
+             */
+            capabilities?: ("txt2img" | "img2img" | "inpaint")[];
+            defaults?: components["schemas"]["ModelDefaults"];
+            limits?: components["schemas"]["ModelLimits"];
+        };
+        /** ModelFile */
+        ModelFile: {
+            path: string;
+            size: number;
+            sha256: string;
+        };
         /** ModelInfo */
         ModelInfo: {
             id: string;
@@ -2402,6 +2502,26 @@ export interface components {
             limits: {
                 [key: string]: number;
             };
+        };
+        /**
+         * ModelLimits
+         * @default {
+         *       "max_width": 1024,
+         *       "max_height": 1024,
+         *       "max_steps": 100
+         *     }
+         */
+        ModelLimits: {
+            /** @default 1024 */
+            max_width?: number;
+            /** @default 1024 */
+            max_height?: number;
+            /** @default 100 */
+            max_steps?: number;
+        };
+        /** ModelManifest */
+        ModelManifest: {
+            models: components["schemas"]["RemoteModel"][];
         };
         /** ModelSummary */
         ModelSummary: {
@@ -2679,6 +2799,12 @@ export interface components {
         RebuildAnswer: {
             events: number;
             seconds: number;
+        };
+        /** RemoteModel */
+        RemoteModel: {
+            id: string;
+            entry: components["schemas"]["ModelEntry"];
+            files: components["schemas"]["ModelFile"][];
         };
         /** Sampler */
         Sampler: {
@@ -5594,6 +5720,109 @@ export interface operations {
             };
             /** @description The broker or the data directory is unavailable; nothing was changed; see Retry-After */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    V1FilesModelsPathModelFile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                model: string;
+                path: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description File Download */
+            200: {
+                headers: {
+                    /** @description File size in bytes */
+                    "content-length"?: string;
+                    /** @description Last modified data-time in RFC 2822 format */
+                    "last-modified"?: string;
+                    /** @description Entity tag */
+                    etag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /** @description A field is wrong; the message names it */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No API key, or an invalid or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The route needs an admin key */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description No such id for this key (another tenant's ids are 404 too) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+        };
+    };
+    V1FilesModelsModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ModelManifest"];
+                };
+            };
+            /** @description No API key, or an invalid or revoked one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["schemas_api_ErrorBody"];
+                };
+            };
+            /** @description The route needs an admin key */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

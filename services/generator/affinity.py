@@ -35,6 +35,8 @@ POLL_SECONDS = 0.5
 # Before taking a queue a worker waits a random part of this, then looks again: idle workers that
 # saw the same queues do not all take the same one.
 TAKE_JITTER = 0.2
+# An idle remote worker asks the control node for its models at least this often (seconds).
+CATALOG_REFRESH_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,9 @@ class Affinity:
             await self.follow_cache()
         if self.taken:
             return  # one switch at a time: wait for the taken model's first job
+        refresh = getattr(self.worker.catalog, "refresh_if_older", None)  # a remote worker's catalog
+        if idle and refresh is not None:
+            await asyncio.to_thread(refresh, CATALOG_REFRESH_SECONDS)
         model = await self._pick(idle)
         if model is None:
             return

@@ -203,6 +203,18 @@ class ModelCache:
         """The models loaded now, least recently used first."""
         return list(self._models.values())
 
+    def would_evict(self, entry: ModelEntry) -> list[str]:
+        """The warm models loading `entry` would evict now (by the size of its weights on disk)."""
+        if entry.id in self._models:
+            return []
+        needed, used, victims = estimate_bytes(entry), self.used, []
+        for key, model in self._models.items():
+            if used + needed <= self.budget:
+                break
+            victims.append(key)
+            used -= model.bytes
+        return victims
+
     def drop(self, model_id: str) -> LoadedModel | None:
         """Forget a warm model (its files were removed); returns it, or None when it was not warm."""
         model = self._models.pop(model_id, None)

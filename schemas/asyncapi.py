@@ -127,6 +127,10 @@ def asyncapi_document(namespace: str = "darkroom") -> dict:
             "description": (f"Routing key `{key}` on the {exchange['type']} exchange `{exchange['name']}`. "
                             + (f"Darkroom's own queues bound to it: {', '.join(topo.queue(s) for s in stages)}. "
                                if stages else "")
+                            + (f"Under affinity routing (DARKROOM_ROUTING=affinity, the default) it is sent with "
+                               f"`{key}.<model>` instead, to that model's own queue `{topo.queue('generator')}.<model>` "
+                               "(in <model> any character but letters, digits, `.`, `_` and `-` is `:` and its UTF-8 bytes in hex). "
+                               if key == t.GENERATE_IMAGES else "")
                             + ("Transient (not persisted, may be dropped)." if cls in TRANSIENT_EVENTS else
                                "Persistent, published with confirms.")),
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},

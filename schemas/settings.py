@@ -191,6 +191,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ingress_url: str = ""
     worker_token: str = ""
     presence_interval: float = 10.0
+    # Where jobs wait for a generator: `affinity`, each model's own queue, consumed by the workers
+    # that have it warm (a worker switches models only when its models' queues are empty); or
+    # `shared`, one queue for all, whichever worker is free takes the next job (random dispatch).
+    routing: Literal["affinity", "shared"] = "affinity"
+    # Seconds a model's jobs may wait with no worker consuming its queue before a busy worker
+    # takes it over at its next batch boundary (an idle worker takes it at once).
+    affinity_patience: float = 10.0
 
     def batch_capacity(self, device_type: str) -> int:
         """Images per pipeline call: `max_batch`, or by device when it is 0."""
@@ -228,6 +235,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             settings = msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"invalid DARKROOM_* setting: {exc}") from exc
+        if settings.affinity_patience < 0:
+            raise SettingsError(f"DARKROOM_AFFINITY_PATIENCE must be 0 or more seconds, got {settings.affinity_patience}")
         if settings.amqp_url:
             broker_urls(settings.amqp_url)
         unknown = sorted(set(settings.service_list) - set(SERVICES))

@@ -9,6 +9,8 @@ exchange are the event tags.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +52,34 @@ SWEEP_STALLED = "sweep_stalled"
 DELIVER_WEBHOOK = "deliver_webhook"
 PULL_MODEL = "pull_model"
 REMOVE_MODEL = "remove_model"
+
+# Model-affinity routing (DARKROOM_ROUTING=affinity, the default): a GenerateImages for model M is
+# sent with `generate_images.<M>` to M's own queue, `<namespace>.generator.<M>`, which the workers
+# with M warm consume; `shared` sends every one with `generate_images` to the one generator queue
+# (which every worker always consumes too). <M> is the model id; any character but letters,
+# digits, `.`, `_` and `-` (darkroom.toml keys may hold them) becomes `:` and its UTF-8 bytes in hex
+# (AMQP allows only `[A-Za-z0-9-_.:]` in queue names), and a long id is cut and given a hash.
+ROUTINGS = ("affinity", "shared")
+MODEL_QUEUE_STAGE = "generator"
+_PLAIN = re.compile(r"[A-Za-z0-9._-]")
+# Queue names and routing keys are at most 255 bytes; the namespace and the prefix need some.
+_LONGEST_MODEL_NAME = 160
+
+
+def model_name(model_id: str) -> str:
+    """How model `model_id` is spelled in its queue name and routing key (`my model` -> `my:20model`)."""
+    if not model_id:
+        raise ValueError("a model queue needs a model id, got an empty one")
+    name = "".join(c if _PLAIN.fullmatch(c) else "".join(f":{b:02X}" for b in c.encode()) for c in model_id)
+    if len(name) > _LONGEST_MODEL_NAME:
+        name = f"{name[:_LONGEST_MODEL_NAME - 17]}.{hashlib.sha256(model_id.encode()).hexdigest()[:16]}"
+    return name
+
+
+def generate_images_key(model_id: str) -> str:
+    """The routing key (commands exchange) of a GenerateImages for `model_id` under affinity routing."""
+    return f"{GENERATE_IMAGES}.{model_name(model_id)}"
+
 
 # Topic wildcards: `*` is one dot-separated word, `#` any number of them (none included).
 EVERY_EVENT = "#"
@@ -166,9 +196,21 @@ class Topology(msgspec.Struct, frozen=True):
         """The durable queue a stage consumes (`enricher`, `generator`, `saver`, `recorder`...)."""
         return f"{self.namespace}.{stage}"
 
+    def model_queue(self, model_id: str) -> str:
+        """The generator queue of one model (affinity routing): its jobs wait here for a worker
+        that has it warm."""
+        return f"{self.queue(MODEL_QUEUE_STAGE)}.{model_name(model_id)}"
+
+    def model_queue_arguments(self, model_id: str) -> dict[str, Any]:
+        """The generator queue's arguments (delivery limit, dead letters, reject-publish); its dead
+        letters name the model queue they came from, and are the generator's to the reaper."""
+        return {**self.queue_arguments(MODEL_QUEUE_STAGE), "x-dead-letter-routing-key": self.model_queue(model_id)}
+
     def stage(self, queue: str) -> str:
-        """The stage a queue of this namespace belongs to (the inverse of `queue`)."""
-        return queue.removeprefix(f"{self.namespace}.")
+        """The stage a queue of this namespace belongs to (the inverse of `queue`); a model's
+        generator queue belongs to `generator`."""
+        stage = queue.removeprefix(f"{self.namespace}.")
+        return MODEL_QUEUE_STAGE if stage.startswith(f"{MODEL_QUEUE_STAGE}.") else stage
 
     def queue_arguments(self, stage: str) -> dict[str, Any]:
         """The arguments a queue is declared with (every declaration must match).

@@ -36,7 +36,7 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from schemas import topology
-from schemas.events import TRANSIENT_EVENTS, AnyCommand, AnyEvent, Command, Event, new_id
+from schemas.events import TRANSIENT_EVENTS, AnyCommand, AnyEvent, Command, Event, GenerateImages, new_id
 from schemas.settings import broker_urls, redact_url
 from schemas.topology import DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER, REPLY_TO, Topology
 
@@ -152,6 +152,12 @@ class Bus:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task] = set()
         self._delay_queues: set[str] = set()
+        # Where GenerateImages go (topology.ROUTINGS): each model's own queue, or the shared one.
+        self.routing = "affinity"
+        # The model queues this process declared and bound (so a send to one is never unroutable).
+        self._model_queues: set[str] = set()
+        # A model queue's consuming channel and queue, kept to consume it again after a stop.
+        self._model_consumers: dict[str, AbstractQueue] = {}
         self._renewing = asyncio.Lock()
 
     @classmethod
@@ -216,9 +222,31 @@ class Bus:
             log.warning("transient publish failed", error=str(task.exception()))
 
     async def send(self, command: Command) -> None:
-        """Send a command to its one consuming queue, confirmed."""
-        key = routing_key(command)
-        await self._publish(self.topology.commands, key, encoder.encode(command), command.command_id, False, kind=key)
+        """Send a command to its one consuming queue, confirmed. Every GenerateImages passes here
+        (submit, requeue, hand-back): under affinity routing it goes to its model's queue."""
+        key = route = routing_key(command)
+        if isinstance(command, GenerateImages) and self.routing == "affinity":
+            route = await self._model_route(command.spec.model)
+        try:
+            await self._publish(self.topology.commands, route, encoder.encode(command), command.command_id, False,
+                                kind=key)
+        except BrokerUnavailable:
+            if route != key:  # its model's queue may be gone (deleted by hand): the next send declares it
+                self._model_queues.discard(self.topology.model_queue(command.spec.model))
+            raise
+
+    async def _model_route(self, model_id: str) -> str:
+        """The routing key to `model_id`'s queue, declaring and binding the queue the first time."""
+        name = self.topology.model_queue(model_id)
+        if name not in self._model_queues:
+            if self._confirming is None:
+                raise BrokerUnavailable("bus is not open")
+            try:
+                await declare_model_queue(self._confirming, self.topology, model_id)
+            except (TimeoutError, *CONNECTION_ERRORS) as exc:
+                raise BrokerUnavailable(f"broker unreachable while declaring {name}: {exc}") from exc
+            self._model_queues.add(name)
+        return topology.generate_images_key(model_id)
 
     async def send_later(self, command: Command, queue: str, delay: float, arguments: dict[str, Any]) -> None:
         """Park a command in the delay queue `queue` for `delay` seconds, confirmed; the queue
@@ -296,18 +324,34 @@ class Bus:
         await message.ack()
 
     async def consume_raw(
-        self, stage: str, callback: Callable[[AbstractIncomingMessage], Awaitable[Any]], *, prefetch: int
+        self, stage: str, callback: Callable[[AbstractIncomingMessage], Awaitable[Any]], *, prefetch: int,
+        model: str | None = None,
     ) -> AbstractQueue:
-        """Consume a stage's queue on a channel of its own (its prefetch is its own)."""
-        channel = await self.connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=prefetch)
-        # Declared (idempotently, same arguments) on this very channel: a robust channel restores
-        # after a reconnect only the queues it declared, and with them their consumers.
-        queue = await channel.declare_queue(self.topology.queue(stage), durable=True,
-                                            arguments=self.topology.queue_arguments(stage))
+        """Consume a stage's queue (or, with `model`, that model's generator queue) on a channel of
+        its own (its prefetch is its own). A model queue consumed again after `stop_consuming`
+        reuses its channel."""
+        queue = self._model_consumers.get(model) if model is not None else None
+        if queue is None:
+            channel = await self.connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            # Declared (idempotently, same arguments) on this very channel: a robust channel restores
+            # after a reconnect only the queues it declared, and with them their consumers.
+            if model is None:
+                queue = await channel.declare_queue(self.topology.queue(stage), durable=True,
+                                                    arguments=self.topology.queue_arguments(stage))
+            else:
+                queue = self._model_consumers[model] = await declare_model_queue(channel, self.topology, model)
         tag = await queue.consume(callback, no_ack=False)
         self._consumers.append((queue, tag))
         return queue
+
+    async def stop_consuming(self, queue: AbstractQueue) -> None:
+        """Cancel this process's consumer of `queue`: no new messages; those it holds stay its own
+        to finish and ack (or hand back)."""
+        for held, tag in [c for c in self._consumers if c[0] is queue]:
+            self._consumers.remove((held, tag))
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await held.cancel(tag)
 
     async def consume(
         self,
@@ -317,14 +361,16 @@ class Bus:
         decoder: msgspec.json.Decoder,
         prefetch: int = 8,
         on_failure: Callable[[T, Exception], Awaitable[None]] | None = None,
+        model: str | None = None,
     ) -> AbstractQueue:
-        """Consume a stage's queue: decode, call `handle`, then ack; dead-letter what fails.
+        """Consume a stage's queue (with `model`: that model's generator queue): decode, call
+        `handle`, then ack; dead-letter what fails.
 
         `on_failure` runs before a failed message is dead-lettered, so that the stage can end the
         job with the reason (an accepted job must never just disappear). When the message asks for
         an answer (`reply_to`), what `handle` returns is encoded and sent back.
         """
-        queue_name = self.topology.queue(stage)
+        queue_name = self.topology.queue(stage) if model is None else self.topology.model_queue(model)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
@@ -362,7 +408,7 @@ class Bus:
                 await settle(self._reply(message, answer))
             await settle(message.ack())
 
-        return await self.consume_raw(stage, on_message, prefetch=prefetch)
+        return await self.consume_raw(stage, on_message, prefetch=prefetch, model=model)
 
     async def consumer_count(self, stage: str) -> int:
         """How many processes consume a stage's queue right now (e.g. live generator workers)."""
@@ -488,3 +534,13 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
         queue = await channel.declare_queue(topo.queue(stage), durable=True, arguments=topo.queue_arguments(stage))
         for key in keys:
             await queue.bind(exchanges[exchange], routing_key=key)
+
+
+async def declare_model_queue(channel: AbstractChannel, topo: Topology, model_id: str) -> AbstractQueue:
+    """Declare model `model_id`'s generator queue and bind it on the commands exchange (affinity
+    routing); idempotent, from senders and consumers alike."""
+    queue = await channel.declare_queue(topo.model_queue(model_id), durable=True,
+                                        arguments=topo.model_queue_arguments(model_id))
+    await queue.bind(topo.commands, routing_key=topology.generate_images_key(model_id))
+    return queue
+

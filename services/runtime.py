@@ -192,6 +192,7 @@ async def connected(settings: Settings, name: str) -> AsyncIterator[Bus]:
     url = broker_url(settings)
     await check_tls(settings, url)
     bus = await Bus.connect(url, Topology(settings.namespace), name=name)
+    bus.routing = settings.routing
     structlog.get_logger(name).info("connected to broker", namespace=settings.namespace)
     try:
         yield bus

@@ -102,6 +102,13 @@ async def running(
         await asyncio.wait_for(task, 20)
 
 
+async def generator_queue(bus: Bus, channel, model: str = "tiny-sd"):
+    """The queue a GenerateImages for `model` waits in under affinity routing (the default): the
+    model's own, declared here as its first sender would (idempotent)."""
+    return await channel.declare_queue(bus.topology.model_queue(model), durable=True,
+                                       arguments=bus.topology.model_queue_arguments(model))
+
+
 async def connect(settings: Settings, name: str = "test") -> Bus:
     return await Bus.connect(settings.amqp_url, Topology(settings.namespace), name=name)
 

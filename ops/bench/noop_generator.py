@@ -3,7 +3,8 @@ recorder) without diffusers in the way.
 
     python -m ops.bench.noop_generator --amqp URL --namespace NS
 
-It consumes GenerateImages like the real generator and answers with job.started and one
+It consumes GenerateImages like the real generator (the generator queue and, for affinity
+routing, the queue of the model the bench's jobs use) and answers with job.started and one
 image.generated per image carrying a fixed 1x1 PNG, each published with a confirm.
 """
 
@@ -16,18 +17,19 @@ import base64
 import aio_pika
 import msgspec
 
+from schemas.catalog import TINY_MODEL_ID
 from schemas.events import AnyCommand, GenerateImages, ImageGenerated, JobStarted
 from schemas.jobs import ImageMetadata
 from schemas.layout import image_id
 from schemas.topology import Topology
-from services.bus import connect_robust
+from services.bus import connect_robust, declare_model_queue
 
 PIXEL = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 )
 
 
-async def run(url: str, namespace: str) -> None:
+async def run(url: str, namespace: str, model: str = TINY_MODEL_ID) -> None:
     topo = Topology(namespace)
     decoder = msgspec.json.Decoder(AnyCommand)
     encoder = msgspec.json.Encoder()
@@ -36,6 +38,7 @@ async def run(url: str, namespace: str) -> None:
     await channel.set_qos(prefetch_count=64)
     events = await channel.get_exchange(topo.events, ensure=True)
     queue = await channel.get_queue(topo.queue("generator"), ensure=True)
+    model_queue = await declare_model_queue(channel, topo, model)
 
     async def publish(event) -> None:
         tag = type(event).__struct_config__.tag
@@ -57,6 +60,7 @@ async def run(url: str, namespace: str) -> None:
         await message.ack()
 
     await queue.consume(on_command)
+    await model_queue.consume(on_command)
     await asyncio.Future()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from ops.bench import capacity, cases, device, library, live, readside, remote, scaleout, sustained
+from ops.bench import affinity, capacity, cases, device, library, live, readside, remote, scaleout, sustained
 from ops.bench.harness import Case, Context, Measurement, Report, commit_id, machine_info, table
 from ops.broker import PrivateBroker
 
@@ -33,14 +33,18 @@ CASES: dict[str, Case] = {
     "scaleout": scaleout.scaleout,
     "remote": remote.remote,
     "capacity": capacity.capacity,
+    "affinity": affinity.affinity,
 }
 # `throughput` compares batch sizes 1, 4 and 8 on the chosen model and device (`--device cuda
 # --model sd15-random` on a GPU) and `overlap` the generator alone with DARKROOM_OVERLAP on and
 # off; both run on the tiny model on the CPU by default, and only when named, like `scaleout`
 # (1, 2 and 4 generator processes on one stack), `remote` (1, 2 and 4 workers in network
-# namespaces of their own, sharing only the broker; needs root) and `capacity` (the control
-# plane's sustained jobs/s with a no-op generator, and a profile of the stage that saturates first).
-DEFAULT_CASES = tuple(name for name in CASES if name not in ("throughput", "overlap", "scaleout", "remote", "capacity"))
+# namespaces of their own, sharing only the broker; needs root), `capacity` (the control plane's
+# sustained jobs/s with a no-op generator, and a profile of the stage that saturates first) and
+# `affinity` (model loads and images/s of a mixed workload over three models, affinity routing vs
+# random dispatch).
+DEFAULT_CASES = tuple(name for name in CASES
+                      if name not in ("throughput", "overlap", "scaleout", "remote", "capacity", "affinity"))
 
 
 async def run_cases(names: list[str], *, quick: bool, results_dir: Path, amqp_url: str | None = None,

@@ -87,6 +87,11 @@ class Batcher:
     def busy(self) -> bool:
         return not self._idle.is_set()
 
+    @property
+    def empty(self) -> bool:
+        """Nothing waiting, generating or finishing: the worker's queues had nothing more for it."""
+        return not self._waiting and not self.busy
+
     def drain(self) -> list[Waiting]:
         """Stop taking batches and hand back every job not started yet."""
         self._closed = True

@@ -16,6 +16,7 @@ from schemas.settings import Settings
 from services import runtime
 from services.bus import BrokerUnavailable, command_decoder, delivery_count
 from services.generator import engine, faults
+from services.generator.affinity import Affinity
 from services.generator.handlers import fail_job, follow_catalog, follow_job, generate_images
 from services.generator.remote import attach
 from services.generator.worker import Options, Worker
@@ -73,13 +74,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         # Prefetch two batches: overlapped, one finishes while the next generates (or a full next
         # batch waits while one runs). Not more: commands a worker holds when it dies go back with
         # their delivery count up by one (4 deliveries allowed), held or not.
-        await bus.consume(
-            STAGE,
-            generate,
-            decoder=command_decoder,
-            on_failure=partial(fail_job, worker=worker),
-            prefetch=2 * ready.capacity,
-        )
+        consume = partial(bus.consume, STAGE, generate, decoder=command_decoder,
+                          on_failure=partial(fail_job, worker=worker), prefetch=2 * ready.capacity)
+        # Each warm model's own queue (affinity routing), then the shared one: always consumed,
+        # whatever DARKROOM_ROUTING, so that what was sent there is served and readiness is honest.
+        affinity = Affinity(bus=bus, worker=worker, consume=lambda model: consume(model=model),
+                            patience=settings.affinity_patience)
+        worker.on_models_changed = affinity.models_changed
+        await affinity.follow_cache()
+        await consume()
+        following = asyncio.create_task(affinity.run())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, batching, beating}, return_when=asyncio.FIRST_COMPLETED)
         for task in (batching, beating):
@@ -88,6 +92,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 log.error("generator loop died; exiting", error=repr(task.exception()))
                 raise SystemExit(1)
         log.info("stopping: finishing or handing back the current work", grace=settings.shutdown_grace)
+        following.cancel()
+        worker.on_models_changed = None
         await bus.cancel_consumers()
         await worker.stop(settings.shutdown_grace)
         batching.cancel()

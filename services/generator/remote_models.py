@@ -150,6 +150,13 @@ class RemoteCatalog:
             self.remote = found
         log.info("control node's models", models=sorted(found))
 
+    def refresh_if_older(self, seconds: float) -> None:
+        """Ask again when the last answer is older than `seconds` (blocks): a model added to the
+        control node's darkroom.toml announces itself to nobody, and under affinity routing its
+        jobs wait in its own queue, which only a worker that knows the model looks at."""
+        if time.monotonic() - self._asked_at >= seconds:
+            self.refresh()
+
     def entry(self, model: RemoteModel) -> ModelEntry:
         """The manifest's entry with its paths inside this worker's `models/<id>/`."""
         folder = self.fetcher.folder(model)

@@ -102,6 +102,8 @@ class Worker:
         self.interrupt = False
         self.batcher = Batcher(self.run_batch, options.max_batch, overlap=options.overlap,
                                fill_wait=options.batch_wait)
+        # Told the models warm now after each load (affinity routing follows them at once).
+        self.on_models_changed: Callable[[], Awaitable[None]] | None = None
 
     async def heartbeats(self) -> None:
         """Say, for every job held, that this worker is alive and on it (the reaper listens)."""
@@ -135,6 +137,8 @@ class Worker:
             return model
         await asyncio.gather(*(self.bus.publish(ModelLoading(job_id=j, model=entry.id, worker=self.id)) for j in job_ids))
         model, evicted = await self.run(self.cache.load, entry)
+        if self.on_models_changed is not None:
+            await self.on_models_changed()
         for old in evicted:
             await self.bus.publish(ModelEvicted(job_id=job_ids[0], model=old.entry.id, worker=self.id, bytes=old.bytes))
         await asyncio.gather(*(self.bus.publish(ModelLoaded(

@@ -47,6 +47,7 @@ def test_histograms_move_after_a_few_jobs(stack: Stack):
     assert after[posted] >= before.get(posted, 0) + 3
     assert after[("darkroom_http_request_seconds_count", (("method", "POST"), ("route", "/v1/jobs")))] >= 3
     assert after[("darkroom_queue_consumers", (("stage", "generator"),))] >= 1
+    assert after[("darkroom_queue_consumers", (("stage", "generator.tiny-sd"),))] >= 1, "its warm model's queue"
     assert ("darkroom_dead_letters", ()) in after
     assert ("darkroom_projection_lag_seconds", ()) in after
     assert after[("darkroom_generator_batch_jobs_count", ())] >= before.get(("darkroom_generator_batch_jobs_count", ()), 0) + 1

@@ -53,11 +53,33 @@ async def test_published_events_reach_every_bound_queue(bus, tap):
 async def test_unroutable_commands_raise_instead_of_vanishing(bus):
     channel = await bus.connection.channel()
     await channel.queue_delete(bus.topology.queue("generator"))
+    bus.routing = "shared"
+
+    with pytest.raises(BrokerUnavailable, match="generate_images"):
+        await bus.send(a_generate_command())
+
+
+def a_generate_command(model: str = "tiny-sd"):
     from schemas.events import GenerateImages
     from tests.unit.test_events import SPEC
 
+    return GenerateImages(job_id="j1", spec=msgspec.structs.replace(SPEC, model=model),
+                          created_at=msgspec.json.decode(b'"2026-01-01T00:00:00Z"', type=__import__("datetime").datetime))
+
+
+async def test_under_affinity_a_job_goes_to_its_models_queue_declared_on_first_send(bus):
+    name = bus.topology.model_queue("my model/v2")
+    await bus.send(a_generate_command("my model/v2"))
+    await bus.send(a_generate_command("my model/v2"))
+    assert (await bus.queue_depths([name, bus.topology.queue("generator")])) == {
+        name: (2, 0), bus.topology.queue("generator"): (0, 0)}
+    channel = await bus.connection.channel()
+    await channel.queue_delete(name)  # an operator deleted it: the send raises, the next one declares it again
     with pytest.raises(BrokerUnavailable, match="generate_images"):
-        await bus.send(GenerateImages(job_id="j1", spec=SPEC, created_at=msgspec.json.decode(b'"2026-01-01T00:00:00Z"', type=__import__("datetime").datetime)))
+        await bus.send(a_generate_command("my model/v2"))
+    await bus.send(a_generate_command("my model/v2"))
+    assert (await bus.queue_depths([name]))[name] == (1, 0)
+    await channel.queue_delete(name)
 
 
 async def test_undecodable_and_failing_messages_are_dead_lettered_and_consuming_goes_on(bus):

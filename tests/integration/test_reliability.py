@@ -30,7 +30,7 @@ from services.ingress.app import create_app
 from services.reaper.main import main as reaper_main
 from services.saver.main import main as saver_main
 from tests.integration.test_stages import generated, take_command
-from tests.support import running, wait_for
+from tests.support import generator_queue, running, wait_for
 
 JOB = "7a1c9e2b-4d3f-4e8a-9b6c-1f2e3d4c5b6a"
 OTHER = "8b2d0f3c-5e4a-4f9b-8c7d-2a3b4c5d6e7f"
@@ -51,18 +51,19 @@ def write_doc(settings, job_id: str, status: str = "processing", attempts: int =
 
 
 async def stand_in_generator(bus) -> asyncio.Queue:
-    """A consumer on the generator queue that only collects commands: the reaper sweeps only
-    while some generator listens (else nobody could run a requeued job)."""
+    """A consumer on the generator queue and the model's that only collects commands: the reaper
+    sweeps only while some generator listens (else nobody could run a requeued job)."""
     from services.bus import command_decoder
 
     inbox: asyncio.Queue = asyncio.Queue()
     channel = await bus.connection.channel()
-    queue = await channel.get_queue(bus.topology.queue("generator"), ensure=False)
 
     async def collect(message) -> None:
         await inbox.put(command_decoder.decode(message.body))
 
-    await queue.consume(collect, no_ack=True)
+    for queue in (await channel.get_queue(bus.topology.queue("generator"), ensure=False),
+                  await generator_queue(bus, channel)):
+        await queue.consume(collect, no_ack=True)
     return inbox
 
 
@@ -135,7 +136,7 @@ async def die_holding(bus, times: int) -> None:
     """Take the generator's next command and die without acking, `times` times (a crash loop)."""
     for _ in range(times):
         channel = await bus.connection.channel()
-        queue = await channel.get_queue(bus.topology.queue("generator"), ensure=False)
+        queue = await generator_queue(bus, channel)
         message = None
         for _ in range(100):
             if (message := await queue.get(no_ack=False, fail=False)) is not None:
@@ -153,7 +154,7 @@ async def test_a_command_that_keeps_killing_its_worker_is_parked_and_its_job_fai
         [failed] = await tap.wait(JobFailed, JOB)
     assert "parked in the dead-letter queue (delivery_limit)" in failed.reason
     [parked] = await deadletters.list_parked(settings.amqp_url, bus.topology)
-    assert (parked.kind, parked.job_id, parked.queue) == ("generate_images", JOB, bus.topology.queue("generator"))
+    assert (parked.kind, parked.job_id, parked.queue) == ("generate_images", JOB, bus.topology.model_queue("tiny-sd"))
     assert parked.reason.startswith("broker: delivery_limit")
 
     # An operator fixed the cause: replay brings the job back as a new attempt.

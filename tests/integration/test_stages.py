@@ -29,7 +29,7 @@ from services.enricher.main import main as enricher_main
 from services.recorder.main import main as recorder_main
 from services.saver.main import main as saver_main
 from tests.integration.test_bus import dead_letters, publish_raw
-from tests.support import running, wait_for
+from tests.support import generator_queue, running, wait_for
 from tests.unit.test_events import SETTINGS, SPEC
 
 JOB = "5d7c1f0e-2a43-4b7e-9a0b-3f1e2d4c5b6a"
@@ -52,8 +52,9 @@ def generated(number: int, total: int = 2, job: str = JOB, attempt: int = 1) -> 
 
 
 async def take_command(bus, timeout: float = 10.0) -> GenerateImages:
+    """The next GenerateImages waiting for a generator (in its model's queue: affinity routing)."""
     channel = await bus.connection.channel()
-    queue = await channel.get_queue(bus.topology.queue("generator"), ensure=False)
+    queue = await generator_queue(bus, channel)
     deadline = asyncio.get_running_loop().time() + timeout
     while (message := await queue.get(no_ack=True, fail=False)) is None:
         assert asyncio.get_running_loop().time() < deadline, "no GenerateImages command arrived"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import msgspec
@@ -72,9 +73,11 @@ async def projection_status(readside: ReadSide) -> ProjectionStatus:
     return msgspec.convert(await asyncio.to_thread(readside.status), ProjectionStatus)
 
 
-async def metrics(principal: Principal, *, meter: Meter, readside: ReadSide, bus: BusLink) -> bytes:
+async def metrics(principal: Principal, *, meter: Meter, readside: ReadSide, bus: BusLink,
+                  models: Iterable[str] = ()) -> bytes:
     """The Prometheus text of `meter`, after reading what no event says: jobs by status and the
-    projection's lag (the read side), each stage's queue depth and the dead letters (the broker)."""
+    projection's lag (the read side), each stage's queue depth (and each of `models`' generator
+    queue) and the dead letters (the broker)."""
     principal.require_admin()
     projection = await projection_status(readside)
     stats = await readside.query(queries.queue_stats, EVERYONE)
@@ -86,16 +89,24 @@ async def metrics(principal: Principal, *, meter: Meter, readside: ReadSide, bus
     if bus.connected:
         topology = bus.require().topology
         queues = {topology.queue(stage): stage for stage in STAGE_BINDINGS}
+        # Affinity routing: each model's generator queue under its own label (`generator.<model>`);
+        # `generator` counts every job waiting for a generator, in its queue and the models' queues.
+        model_queues = {topology.model_queue(model): f"generator.{model}" for model in models}
         try:
-            depths = await bus.require().queue_depths([*queues, topology.dead_letters])
+            depths = await bus.require().queue_depths([*queues, *model_queues, topology.dead_letters])
         except Exception:  # noqa: BLE001 - a failed probe leaves the last numbers; the rest still answer
             depths = {}
         for queue, (messages, consumers) in depths.items():
             if queue == topology.dead_letters:
                 meter.dead_letters.set(messages)
             else:
-                meter.queue_messages.labels(queues[queue]).set(messages)
-                meter.queue_consumers.labels(queues[queue]).set(consumers)
+                label = queues.get(queue) or model_queues[queue]
+                meter.queue_messages.labels(label).set(messages)
+                meter.queue_consumers.labels(label).set(consumers)
+        generator = topology.queue("generator")
+        if generator in depths:
+            waiting = sum(depths[queue][0] for queue in (generator, *model_queues) if queue in depths)
+            meter.queue_messages.labels("generator").set(waiting)
     return meter.exposition()
 
 

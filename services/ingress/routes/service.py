@@ -11,6 +11,7 @@ from services.ingress.domain import ops
 from services.ingress.routes.common import (
     BusDep,
     Caller,
+    CatalogDep,
     LayoutDep,
     MeterDep,
     ReadSideDep,
@@ -36,11 +37,13 @@ class ServiceRoutes(Controller):
         return Response(body, status_code=503 if body.status == "unavailable" else 200)
 
     @get("/metrics", summary="Prometheus metrics (admin)", media_type=CONTENT_TYPE, responses=errors(403, 503))
-    async def metrics(self, principal: Caller, readside: ReadSideDep, bus: BusDep, meter: MeterDep) -> Response[bytes]:
+    async def metrics(self, principal: Caller, readside: ReadSideDep, bus: BusDep, meter: MeterDep,
+                      catalog: CatalogDep) -> Response[bytes]:
         """Stage latencies, jobs by status and model, queue depths and dead letters, generator busy
         time and batch sizes, model loads and cache hits, projection lag, HTTP requests by route
         and code, in the Prometheus text format (see docs/metrics.md)."""
-        return Response(await ops.metrics(principal, meter=meter, readside=readside, bus=bus), media_type=CONTENT_TYPE)
+        return Response(await ops.metrics(principal, meter=meter, readside=readside, bus=bus, models=catalog.models),
+                        media_type=CONTENT_TYPE)
 
     @get("/docs", include_in_schema=False)
     async def docs(self) -> Redirect:

@@ -83,8 +83,11 @@ class Affinity:
     """One worker's model queues: consumed while warm, taken when idle or when one starves."""
 
     def __init__(self, *, bus: Depths, worker: Worker, consume: Callable[[str], Awaitable[AbstractQueue]],
-                 patience: float, rng: random.Random | None = None):
+                 patience: float, rng: random.Random | None = None, look_around: bool = True):
         self.bus = bus
+        # Under shared routing no job waits in a model's queue (the ones there were sent before a
+        # switch, and the warm models' queues are still consumed): no looking at the others.
+        self.look_around = look_around
         self.worker = worker
         self.consume = consume
         self.patience = patience
@@ -140,7 +143,7 @@ class Affinity:
             # Taken, and no job came: others emptied that queue first. Back to the warm models.
             self.taken.clear()
             await self.follow_cache()
-        if self.taken:
+        if self.taken or not self.look_around:
             return  # one switch at a time: wait for the taken model's first job
         refresh = getattr(self.worker.catalog, "refresh_if_older", None)  # a remote worker's catalog
         if idle and refresh is not None:

@@ -79,7 +79,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         # Each warm model's own queue (affinity routing), then the shared one: always consumed,
         # whatever DARKROOM_ROUTING, so that what was sent there is served and readiness is honest.
         affinity = Affinity(bus=bus, worker=worker, consume=lambda model: consume(model=model),
-                            patience=settings.affinity_patience)
+                            patience=settings.affinity_patience, look_around=settings.routing == "affinity")
         worker.on_models_changed = affinity.models_changed
         await affinity.follow_cache()
         await consume()

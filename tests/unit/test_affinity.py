@@ -106,7 +106,8 @@ class FakeBus:
         self.stopped.append(queue)
 
 
-def affinity(warm: list[str], catalog: list[str], *, empty: bool = True) -> tuple[Affinity, FakeBus, FakeCache]:
+def affinity(warm: list[str], catalog: list[str], *, empty: bool = True,
+             look_around: bool = True) -> tuple[Affinity, FakeBus, FakeCache]:
     bus, cache = FakeBus(), FakeCache(warm)
     worker = SimpleNamespace(cache=cache, batcher=SimpleNamespace(empty=empty), options=SimpleNamespace(max_batch=4),
                              catalog=SimpleNamespace(models={m: None for m in catalog}, model=lambda m: SimpleNamespace(id=m)))
@@ -114,7 +115,8 @@ def affinity(warm: list[str], catalog: list[str], *, empty: bool = True) -> tupl
     async def consume(model: str) -> str:
         return f"queue-of-{model}"
 
-    return Affinity(bus=bus, worker=worker, consume=consume, patience=10, rng=random.Random(3)), bus, cache
+    return Affinity(bus=bus, worker=worker, consume=consume, patience=10, rng=random.Random(3),
+                    look_around=look_around), bus, cache
 
 
 async def test_a_worker_consumes_its_warm_models_queues_and_stops_when_one_is_evicted():
@@ -144,6 +146,14 @@ async def test_a_busy_worker_leaves_a_waiting_queue_to_others_until_it_starves()
     routing.unserved_since["b"] -= 11  # b's jobs have waited past the patience with no consumer
     await routing.step()
     assert set(routing.consuming) == {"b"}
+
+
+async def test_under_shared_routing_a_worker_keeps_its_warm_queues_and_takes_no_other():
+    routing, bus, _ = affinity(["a"], ["a", "b"], look_around=False)
+    bus.depths = {TOPO.model_queue("b"): (4, 0)}  # sent before the switch to shared routing
+    routing.unserved_since["b"] = -1e9
+    await routing.step()
+    assert set(routing.consuming) == {"a"} and not routing.taken
 
 
 def test_routing_settings_are_read_and_bad_values_named():

@@ -13,18 +13,13 @@ workers' RabbitMQ users are made on it with rabbitmqctl.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import subprocess
-import time
-
-import aio_pika
 
 from ops.bench.cases import burst
 from ops.bench.harness import Context, Measurement
 from ops.bench.jobs import warm_up
-from ops.bench.stack import Stack
+from ops.bench.stack import Stack, wait_for_consumers
 from ops.broker import private_broker_port
 from ops.netns import Forwarder, add_worker, clean_env, namespaces, spawn_worker, stop_all
 from schemas.topology import Topology
@@ -77,36 +72,14 @@ async def _round(ctx: Context, stack: Stack, count: int, jobs: int) -> float:
                 workers.append(spawn_worker(ns, f"worker-{name}", args, clean_env(
                     DARKROOM_TORCH_THREADS="1", DARKROOM_MAX_BATCH="4", DARKROOM_LOG_LEVEL="warning"),
                     home / "worker.log", cwd=home))
-            await _consumers(ctx.amqp_url, stack.namespace, count, workers)
+            # Each worker consumes once it loaded and warmed its model.
+            await wait_for_consumers(
+                ctx.amqp_url, Topology(stack.namespace).queue("generator"), count, timeout=180,
+                why=f"{count} remote workers did not all consume within 180 s",
+                gone=lambda: next(("a remote worker exited while starting; see its worker.log in the bench folder"
+                                   for w in workers if w.poll() is not None), None))
             await warm_up(ctx, stack)
             return await burst(ctx, stack, jobs, 11000 + 1000 * count)
     finally:
         await stop_all(workers)
         await forwarder.close()
-
-
-async def _consumers(amqp_url: str, namespace: str, count: int, workers: list[subprocess.Popen],
-                     timeout: float = 180.0) -> None:
-    """Until the generator queue has `count` consumers (each worker loaded and warmed its model)."""
-    queue_name = Topology(namespace).queue("generator")
-    connection = await aio_pika.connect_robust(amqp_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if any(w.poll() is not None for w in workers):
-                raise RuntimeError("a remote worker exited while starting; see its worker.log in the bench folder")
-            channel = await connection.channel()
-            try:
-                queue = await channel.declare_queue(queue_name, passive=True)
-                if queue.declaration_result.consumer_count >= count:
-                    return
-            except aio_pika.exceptions.ChannelClosed:
-                pass  # not declared yet
-            finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{count} remote workers did not all consume within {timeout:.0f} s")
-            await asyncio.sleep(0.2)
-    finally:
-        await connection.close()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,26 +140,10 @@ class Stack:
         """Until each stage's queue has a consumer (the ingress has none: its health says ready)."""
         stages = stages if stages is not None else tuple(s for s in self.services if s != "ingress")
         topo = Topology(self.namespace)
-        connection = await connect_robust(self.amqp_url, name="bench-stack")
         deadline = time.monotonic() + timeout
-        try:
-            for stage in stages:
-                while True:
-                    channel = await connection.channel()
-                    try:
-                        queue = await channel.declare_queue(topo.queue(stage), passive=True)
-                        if queue.declaration_result.consumer_count:
-                            break
-                    except aio_pika.exceptions.ChannelClosed:
-                        pass  # not declared yet
-                    finally:
-                        with contextlib.suppress(Exception):
-                            await channel.close()
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{stage} never started consuming; see {self.root / 'stack.log'}")
-                    await asyncio.sleep(0.1)
-        finally:
-            await connection.close()
+        for stage in stages:
+            await wait_for_consumers(self.amqp_url, topo.queue(stage), 1, timeout=deadline - time.monotonic(),
+                                     why=f"{stage} never started consuming; see {self.root / 'stack.log'}")
 
     def _ready(self) -> bool:
         if "ingress" not in self.services:
@@ -193,6 +178,35 @@ class Stack:
     async def drop_queues(self) -> None:
         """Delete the namespace's queues and exchanges (cases may leave thousands of messages)."""
         await drop_namespace(self.amqp_url, self.namespace)
+
+
+async def wait_for_consumers(amqp_url: str, queue_name: str, count: int, *, timeout: float, why: str,
+                             gone: Callable[[], str | None] = lambda: None) -> None:
+    """Until `queue_name` has `count` consumers; raises `why` after `timeout`, or what `gone` says
+    as soon as it says something (a process that should consume exited)."""
+    connection = await connect_robust(amqp_url, name="bench-wait")
+    deadline = time.monotonic() + timeout
+    try:
+        while await consumer_count(connection, queue_name) < count:
+            if (exited := gone()) is not None:
+                raise RuntimeError(exited)
+            if time.monotonic() > deadline:
+                raise RuntimeError(why)
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+
+
+async def consumer_count(connection: aio_pika.abc.AbstractConnection, queue_name: str) -> int:
+    """Consumers of a queue now; 0 while it is not declared (the broker closes the channel on that)."""
+    channel = await connection.channel()
+    try:
+        return (await channel.declare_queue(queue_name, passive=True)).declaration_result.consumer_count
+    except aio_pika.exceptions.ChannelClosed:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
 
 
 async def drop_namespace(amqp_url: str, namespace: str) -> None:

@@ -235,6 +235,14 @@ class Bus:
                 self._model_queues.discard(self.topology.model_queue(command.spec.model))
             raise
 
+    async def declare_model_queues(self, model_ids: Iterable[str]) -> None:
+        """Declare the queues of `model_ids` now rather than at their first job (a generator does
+        this as it connects, like the stage queues): RabbitMQ 3.10 has lost a quorum queue declared
+        a moment before the broker was killed (after the restart every consume and publish on it timed
+        out), and a queue that exists before anyone consumes it avoids two first declarations racing."""
+        for model_id in model_ids:
+            await self._model_route(model_id)
+
     async def _model_route(self, model_id: str) -> str:
         """The routing key to `model_id`'s queue, declaring and binding the queue the first time."""
         name = self.topology.model_queue(model_id)

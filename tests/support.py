@@ -109,6 +109,17 @@ async def generator_queue(bus: Bus, channel, model: str = "tiny-sd"):
                                        arguments=bus.topology.model_queue_arguments(model))
 
 
+async def made_model_queue(bus: Bus, model: str = "tiny-sd") -> None:
+    """Make `model`'s queue before a stage under test races to make it: RabbitMQ 3.10 can answer a
+    basic.get on a quorum queue that a concurrent declare is still starting with a connection
+    error ("noproc"), where the stages' own robust connections just reconnect."""
+    channel = await bus.connection.channel()
+    try:
+        await generator_queue(bus, channel, model)
+    finally:
+        await channel.close()
+
+
 async def connect(settings: Settings, name: str = "test") -> Bus:
     return await Bus.connect(settings.amqp_url, Topology(settings.namespace), name=name)
 

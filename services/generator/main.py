@@ -36,6 +36,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         compile_cache=data.base / "cache" / "compile", fault=faults.from_environment(os.environ),
     ))
     async with runtime.connected(settings, STAGE) as bus:
+        if settings.routing == "affinity":
+            await bus.declare_model_queues(catalog.models)
         ready = await starting
         default, warm = catalog.model(None), ready.warm
         worker_id = f"{socket.gethostname()}-{os.getpid()}"

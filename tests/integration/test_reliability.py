@@ -30,7 +30,7 @@ from services.ingress.app import create_app
 from services.reaper.main import main as reaper_main
 from services.saver.main import main as saver_main
 from tests.integration.test_stages import generated, take_command
-from tests.support import generator_queue, running, wait_for
+from tests.support import generator_queue, made_model_queue, running, wait_for
 
 JOB = "7a1c9e2b-4d3f-4e8a-9b6c-1f2e3d4c5b6a"
 OTHER = "8b2d0f3c-5e4a-4f9b-8c7d-2a3b4c5d6e7f"
@@ -147,6 +147,7 @@ async def die_holding(bus, times: int) -> None:
 
 
 async def test_a_command_that_keeps_killing_its_worker_is_parked_and_its_job_failed(settings, bus, tap):
+    await made_model_queue(bus)
     write_doc(settings, JOB, status="pending", attempts=0)
     async with running(reaper_main, settings, "reaper", bus):
         await bus.send(GenerateImages(job_id=JOB, spec=SPEC, created_at=CREATED))
@@ -184,6 +185,7 @@ async def test_a_pipeline_error_is_retried_alone_then_fails_and_is_parked(with_t
 
 
 async def test_sigterm_hands_unfinished_work_back_without_spending_an_attempt(with_tiny_model, bus, tap):
+    await made_model_queue(bus)
     settings = msgspec.structs.replace(with_tiny_model, shutdown_grace=0.5, max_batch=1)
     stop = asyncio.Event()
     task = asyncio.create_task(generator_main(settings, stop))

@@ -29,7 +29,7 @@ from services.enricher.main import main as enricher_main
 from services.recorder.main import main as recorder_main
 from services.saver.main import main as saver_main
 from tests.integration.test_bus import dead_letters, publish_raw
-from tests.support import generator_queue, running, wait_for
+from tests.support import generator_queue, made_model_queue, running, wait_for
 from tests.unit.test_events import SETTINGS, SPEC
 
 JOB = "5d7c1f0e-2a43-4b7e-9a0b-3f1e2d4c5b6a"
@@ -64,6 +64,7 @@ async def take_command(bus, timeout: float = 10.0) -> GenerateImages:
 
 
 async def test_enricher_applies_the_style_and_queues_generation(settings, bus, tap):
+    await made_model_queue(bus)
     async with running(enricher_main, settings, "enricher", bus):
         await bus.publish(JobAccepted(job_id=JOB, spec=msgspec.structs.replace(SPEC, style="anime", negative_prompt="text")))
         [enriched] = await tap.wait(JobEnriched, JOB)
@@ -75,6 +76,7 @@ async def test_enricher_applies_the_style_and_queues_generation(settings, bus, t
 
 
 async def test_enricher_passes_the_prompt_through_without_a_style(settings, bus, tap):
+    await made_model_queue(bus)
     async with running(enricher_main, settings, "enricher", bus):
         await bus.publish(JobAccepted(job_id=JOB, spec=SPEC))
         command = await take_command(bus)

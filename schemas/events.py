@@ -27,11 +27,11 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def derived_id(source_id: str, kind: str) -> str:
-    """The id of the `kind` event that handling event `source_id` publishes: the same on every
-    delivery of the source, so that a copy published again (the handler's message came back after
-    a broker failover, a nacked publish sent again) is skipped as a duplicate downstream."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"darkroom:{kind}:{source_id}"))
+def derived_id(source: str, kind: str) -> str:
+    """The id of the `kind` event published about `source` (an event id, or a job's attempt): the
+    same every time it is announced, so that a copy published again (the handler's message came
+    back after a broker failover, a nacked publish sent again) is skipped as a duplicate downstream."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"darkroom:{kind}:{source}"))
 
 
 def utcnow() -> datetime:

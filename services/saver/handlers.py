@@ -183,14 +183,17 @@ async def save_image(event: ImageGenerated, *, bus: Publisher, files: JobFiles, 
             log.info("image discarded", job_id=event.job_id, image_id=event.image_id, reason=reason)
             return
         saved.add(event)
-        # Ids derived from the image's event: announcing a redelivered image again (the saver lost
-        # its broker node after publishing, before its ack) logs nothing twice.
+        # Ids derived from what they announce, so that announcing again logs nothing twice (the
+        # saver lost its broker node after publishing, before its ack, and the image came back):
+        # image.saved from the image's event; job.completed from the job's attempt, since the
+        # redelivered image may not be the one that completed the job the first time.
         announced = ImageSaved(job_id=event.job_id, image=record, event_id=derived_id(event.event_id, IMAGE_SAVED))
         if records is None:
             await bus.publish(announced)
             return
         completed = JobCompleted(job_id=event.job_id, image_ids=[r.id for r in records], images=records,
-                                 attempt=event.attempt, event_id=derived_id(event.event_id, JOB_COMPLETED))
+                                 attempt=event.attempt,
+                                 event_id=derived_id(f"{event.job_id}/{event.attempt}", JOB_COMPLETED))
         # image.saved is written to the broker before job.completed; both confirms awaited together.
         await asyncio.gather(bus.publish(announced), bus.publish(completed))
 

@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from schemas.events import GenerateImages, ImageGenerated, JobRequeued, JobStarted
 from schemas.jobs import GenerationSettings, ImageMetadata, JobSpec
 from schemas.layout import DataLayout
@@ -79,3 +81,27 @@ def test_the_saver_saves_one_copy_of_an_attempt_and_reannounces_a_redelivery(tmp
     assert [e.event_id for e in bus.events[2:]] == [e.event_id for e in bus.events[:2]]
     asyncio.run(save(generated(3)))  # a newer attempt still saves
     assert len(bus.events) == 6
+
+
+def test_a_job_completed_again_by_another_of_its_images_keeps_its_event_id(tmp_path: Path):
+    """A two-image job: image 2 completes it; image 1 comes back redelivered (the saver lost its
+    broker node before its ack) and announces the completion again, with the same id."""
+    layout = DataLayout(tmp_path)
+    bus, locks, saved = Collect(), JobLocks(), SavedImages()
+
+    def image(number: int) -> ImageGenerated:
+        one = generated(1)
+        return msgspec.structs.replace(
+            one, image_id=f"{JOB}_{number}", image_number=number, total_images=2,
+            metadata=msgspec.structs.replace(one.metadata, image_number=number, total_images=2))
+
+    async def save(event: ImageGenerated) -> None:
+        await save_image(event, bus=bus, files=JobFiles(layout), locks=locks, saved=saved)
+
+    first, second = image(1), image(2)
+    asyncio.run(save(first))
+    asyncio.run(save(second))
+    asyncio.run(save(first))
+    completions = [e for e in bus.events if type(e).__name__ == "JobCompleted"]
+    assert len(completions) == 2 and completions[0].event_id == completions[1].event_id
+    assert completions[0].image_ids == [f"{JOB}_1", f"{JOB}_2"]

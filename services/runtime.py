@@ -130,12 +130,38 @@ def catalog(settings: Settings) -> Catalog:
     return load_catalog(Path(settings.config_path).resolve(), settings.data_path)
 
 
-class LiveCatalog:
+class CatalogView:
+    """Reads like a `Catalog` (`model`, `models`, `default`, `styles`, `enrichment`) for code written
+    against one, each read from `current()`: the catalog as it is now."""
+
+    def current(self, *, force: bool = False) -> Catalog:
+        raise NotImplementedError
+
+    def model(self, model_id: str | None):
+        return self.current().model(model_id)
+
+    @property
+    def models(self):
+        return self.current().models
+
+    @property
+    def default(self) -> str:
+        return self.current().default
+
+    @property
+    def styles(self):
+        return self.current().styles
+
+    @property
+    def enrichment(self):
+        return self.current().enrichment
+
+
+class LiveCatalog(CatalogView):
     """The catalog, read again whenever darkroom.toml or the runtime catalog (`state/models.toml`)
     changed: two `stat` calls per look, so a model pulled (or removed) while running is seen by the
     next request or job without a restart. A file that no longer parses keeps the last good catalog.
 
-    It reads like a `Catalog` (`model`, `models`, `default`, `styles`) for code written against one.
     """
 
     def __init__(self, settings: Settings):
@@ -166,24 +192,6 @@ class LiveCatalog:
                                                       error=str(exc))
         return self._catalog
 
-    def model(self, model_id: str | None):
-        return self.current().model(model_id)
-
-    @property
-    def models(self):
-        return self.current().models
-
-    @property
-    def default(self) -> str:
-        return self.current().default
-
-    @property
-    def styles(self):
-        return self.current().styles
-
-    @property
-    def enrichment(self):
-        return self.current().enrichment
 
 
 @asynccontextmanager

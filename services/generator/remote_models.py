@@ -28,6 +28,7 @@ from schemas.catalog import MODEL_NAME, Catalog, ModelEntry, ModelFile
 from schemas.events import Event, ModelRemoved
 from schemas.workers import ModelManifest, RemoteModel
 from services.generator.fetcher import FetchFailed, IngressFiles
+from services.runtime import CatalogView
 
 log = structlog.get_logger("generator")
 
@@ -126,7 +127,7 @@ class ModelFetcher:
         return True
 
 
-class RemoteCatalog:
+class RemoteCatalog(CatalogView):
     """The worker's own catalog (a `runtime.LiveCatalog`) plus the control node's models it can
     fetch; its own entries win a name both have. It reads like a `Catalog`."""
 
@@ -183,18 +184,6 @@ class RemoteCatalog:
                 raise
         self.refresh()  # a model pulled on the control node a moment ago
         return self.current().model(model_id)
-
-    @property
-    def models(self):
-        return self.current().models
-
-    @property
-    def default(self) -> str:
-        return self.local.default
-
-    @property
-    def styles(self):
-        return self.local.styles
 
 
 class FetchingCache:

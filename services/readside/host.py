@@ -7,6 +7,7 @@ the retention janitor. DuckDB's errors are translated here (`services.readside.e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
@@ -34,6 +35,9 @@ RECHECK_MS = 1000  # watchfiles may miss an append (e.g. on some network filesys
 # stream of events the projection takes at most 1/(1 + PACE) of a core and its batches grow with
 # the load, while a lone event is still applied within ~20 ms (`darkroom bench capacity`).
 PACE, MAX_REST = 3.0, 0.5
+# Lists (jobs, gallery, exports, operators' SQL) first apply what the log holds when they are asked,
+# waiting at most this long; past it they answer from what is applied (see `settled`).
+SETTLE_S = 2.0
 
 
 class ReadSide:
@@ -48,6 +52,7 @@ class ReadSide:
         self._applying = threading.Lock()  # one catch-up (or rebuild) at a time
         self._operators = ThreadPoolExecutor(max_workers=settings.ops_query_slots, thread_name_prefix="ops-sql")
         self._operator_slots = asyncio.Semaphore(settings.ops_query_slots)
+        self._settling: asyncio.Future | None = None  # a readers' catch-up in flight, shared
 
     def close(self) -> None:
         self._operators.shutdown(cancel_futures=True)
@@ -59,12 +64,19 @@ class ReadSide:
         out as `QueryFailed`; the queries' own errors (`BadCursor`, `NotReadOnly`) as they are."""
         return await asyncio.to_thread(self._run, fn, *args, **kwargs)
 
+    async def current_query(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Like `query`, after `settled`: for lists a person reads right after acting."""
+        await self.settled()
+        return await self.query(fn, *args, **kwargs)
+
     async def operator_query(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Like `query`, for operators' ad-hoc SQL: on threads of its own, a few at a time (beyond
-        that `Busy`), so that health checks, image reads and the API's queries never wait behind it."""
+        """Like `current_query`, for operators' ad-hoc SQL: on threads of its own, a few at a time
+        (beyond that `Busy`), so that health checks, image reads and the API's queries never wait
+        behind it."""
         if self._operator_slots.locked():
             raise Busy(f"{self.settings.ops_query_slots} operator queries are running; try again when one ends")
         async with self._operator_slots:
+            await self.settled()
             return await asyncio.get_running_loop().run_in_executor(
                 self._operators, functools.partial(self._run, fn, *args, **kwargs))
 
@@ -74,6 +86,19 @@ class ReadSide:
                 return fn(cur, *args, **kwargs)
         except duckdb.Error as exc:
             raise QueryFailed(str(exc)) from exc
+
+    async def settled(self) -> None:
+        """Read your own writes: apply what the event log holds now before answering, so a job a
+        client saw accepted is in its list. The follower paces itself under load (it may rest up to
+        MAX_REST s after a catch-up); a reader does not wait for it but runs a catch-up of its own,
+        one shared by the readers asking at once. It waits at most SETTLE_S (a long replay after a
+        restart), then answers from what is applied. Nothing to apply costs a few stat calls."""
+        if self.projection.pending_bytes() == 0:
+            return
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.ensure_future(self._catch_up_logged())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._settling), SETTLE_S)
 
     async def catch_up(self) -> int:
         return await asyncio.to_thread(self._locked, self.projection.catch_up)

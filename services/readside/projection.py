@@ -218,13 +218,12 @@ class Projection:
 
     def pending_bytes(self) -> int:
         """How much of the log is not applied yet."""
-        total = 0
+        total, position = 0, self.position
         for path in self._files():
-            size = path.stat().st_size
-            if path.name == self.position.file:
-                total += max(0, size - self.position.offset)
-            elif path.name > self.position.file:
-                total += size
+            if path.name >= position.file:  # older files are applied: no need to look at them
+                with contextlib.suppress(FileNotFoundError):  # the janitor may remove an old one
+                    size = path.stat().st_size
+                    total += max(0, size - position.offset) if path.name == position.file else size
         return total
 
     def lag_seconds(self) -> float:

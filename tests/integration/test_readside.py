@@ -16,6 +16,7 @@ from schemas.events import ImageDeleted, ImageExpired, JobAccepted, JobCompleted
 from schemas.jobs import JobSpec
 from schemas.layout import DataLayout
 from services.ingress.app import create_app
+from services.readside import host
 from services.recorder.main import main as recorder_main
 from services.saver.main import main as saver_main
 from tests.integration.test_stages import SETTINGS, generated
@@ -110,6 +111,35 @@ async def test_jobs_list_filters_by_status_and_model(logged):
     assert len(flux["jobs"]) == 10 and {job["model"] for job in flux["jobs"]} == {"flux"} and flux["next_cursor"]
     answer = await client.get("/v1/jobs", params={"status": "lost"})
     assert answer.status_code == 400 and "status" in answer.json()["message"]
+
+
+async def test_a_job_just_logged_is_listed_while_the_follower_rests(settings, monkeypatch):
+    """Read your writes: the follower paces itself under load (it rests after each catch-up), but
+    a list answers only after applying what the log held when it was asked."""
+    monkeypatch.setattr(host, "PACE", 1000.0)
+    monkeypatch.setattr(host, "MAX_REST", 60.0)  # the follower rests a minute after each catch-up
+    layout = DataLayout(settings.data_dir)
+    write_log(layout.events_dir, 10, start=datetime.now(UTC) - timedelta(days=4), active=0)  # over 3 days
+    log = layout.events_dir / f"{datetime.now(UTC):%Y-%m-%d}.jsonl"
+    spec = JobSpec(prompt="a red fox", model="tiny-sd", settings=SETTINGS)
+
+    def accepted(job: str) -> bytes:
+        return msgspec.json.encode(JobAccepted(job_id=job, spec=spec, occurred_at=datetime.now(UTC))) + b"\n"
+
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        await caught_up(client)
+        projection = client.app.state.readside.projection
+        applied = projection.position.events
+        with log.open("ab") as out:
+            out.write(accepted("first"))
+        await wait_for(lambda: projection.position.events > applied, timeout=30, what="the follower to apply it")
+        with log.open("ab") as out:  # the follower is resting now
+            out.write(accepted("second"))
+        listed = (await client.get("/v1/jobs", params={"limit": 5})).json()["jobs"]
+        assert [job["id"] for job in listed[:2]] == ["second", "first"]
+        assert listed[0]["status"] == "pending"
+        found = (await client.post("/v1/ops/query", json={"sql": "SELECT count(*) FROM jobs WHERE id = 'second'"})).json()
+        assert found["rows"] == [[1]]
 
 
 async def test_ops_query_runs_select_only_and_health_shows_the_lag(logged):

@@ -235,7 +235,7 @@ async def list_jobs(principal: Principal, *, readside: ReadSide, status: str | N
                     limit: int = 20, cursor: str | None = None) -> JobList:
     """The caller's jobs (an admin's: everyone's), newest first, keyset-paginated."""
     try:
-        jobs, next_cursor = await readside.query(
+        jobs, next_cursor = await readside.current_query(
             queries.list_jobs, scope_of(principal), status=status, model=model, limit=limit, cursor=cursor)
     except BadCursor as exc:
         raise Invalid(str(exc)) from None

@@ -142,5 +142,5 @@ async def export(principal: Principal, *, readside: ReadSide, layout: DataLayout
     principal.require_admin()
     folder = layout.exports_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    files = await readside.query(queries.export_parquet, str(folder))
+    files = await readside.current_query(queries.export_parquet, str(folder))
     return ExportAnswer(folder=str(folder), files=files)

@@ -316,19 +316,18 @@ class Bus:
                 raise BrokerUnavailable(f"broker unreachable while publishing {key}: {exc}") from exc
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str, queue: str) -> None:
-        """Park a message in the dead-letter queue with the reason, then ack the original."""
+        """Park a message in the dead-letter queue with the reason, then ack the original. Published
+        as every other confirmed message is (a nack while a quorum queue elects a leader is retried)."""
         headers = dict(message.headers or {})
         headers[REASON_HEADER] = reason[:2000]
         headers[QUEUE_HEADER] = queue
-        copy = aio_pika.Message(
-            message.body,
-            content_type=message.content_type,
-            message_id=message.message_id,
-            type=message.type,
-            headers=headers,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
-        await self._exchanges[self.topology.dead_letter].publish(copy, routing_key=queue, timeout=PUBLISH_TIMEOUT)
+        try:
+            await self._publish(self.topology.dead_letter, queue, message.body, message.message_id, False,
+                                kind=message.type, headers=headers)
+        except BrokerUnavailable as exc:  # not parked: back to its queue (its delivery limit still counts)
+            log.warning("could not dead-letter a message; returned to its queue", queue=queue, error=str(exc))
+            await message.nack(requeue=True)
+            return
         await message.ack()
 
     async def consume_raw(

@@ -151,6 +151,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     duckdb_memory: str = "512MB"
     # Operators' SQL (/v1/ops/query) runs at most this many at once, on threads of its own.
     ops_query_slots: int = 2
+    # ... and each is interrupted after this many seconds (its caller gets a 400 saying so).
+    ops_query_seconds: float = 30.0
     # Seconds an image is kept before the retention janitor deletes it (image.expired); 0: forever.
     image_ttl: float = 0.0
     # Foreign dialects (OpenAI Images under /openai/v1, A1111's sdapi under /sdapi/v1): seconds a

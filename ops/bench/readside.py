@@ -44,7 +44,7 @@ async def readside(ctx: Context) -> list[Measurement]:
 
 
 def _measure(work: Path, quick: bool) -> list[Measurement]:
-    jobs = 20_000 if quick else 1_000_000
+    jobs = 10_000 if quick else 1_000_000
     written = time.monotonic()
     events, truth, cached = synthetic_log(work, jobs, cache=not quick)
     written = time.monotonic() - written

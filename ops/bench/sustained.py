@@ -47,7 +47,7 @@ async def _drained(client: httpx.AsyncClient, total: int, timeout: float = 600) 
 
 
 async def sustained(ctx: Context) -> list[Measurement]:
-    marks = (100, 300, 600) if ctx.quick else (1_000, 5_000, 10_000)
+    marks = (50, 150, 300) if ctx.quick else (1_000, 5_000, 10_000)
     stack = await ctx.stack("sustained", ("ingress", "enricher", "saver", "recorder"))
     measurements = []
     try:

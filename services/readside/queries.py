@@ -18,7 +18,7 @@ import duckdb
 import msgspec
 import pyarrow.parquet as pq
 
-from services.readside.errors import BadCursor, NotReadOnly
+from services.readside.errors import BadCursor, NotReadOnly, QueryFailed
 
 COUNTED = ("pending", "processing", "completed", "failed", "cancelled")
 MAX_PAGE = 50
@@ -306,6 +306,8 @@ def run_query(cur: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int = MAX_Q
         result = cur.execute(sql)
         columns = [d[0] for d in result.description or []]
         rows = result.fetchmany(max_rows + 1)
+    except duckdb.InterruptException:
+        raise QueryFailed(f"interrupted after {seconds:g} s (DARKROOM_OPS_QUERY_SECONDS); narrow the query") from None
     finally:
         timer.cancel()
         cur.execute("ROLLBACK")

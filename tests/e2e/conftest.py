@@ -62,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
         "DARKROOM_WEBHOOK_TIMEOUT": "3",
         "DARKROOM_WEBHOOK_ATTEMPTS": "3",
         "DARKROOM_STREAM_KEEPALIVE": "1",
+        "DARKROOM_OPS_QUERY_SECONDS": "8",  # test_f14's runaway queries: stopped sooner than the default 30
     }
     log = data_dir.parent / "stack.log"
     with log.open("wb") as out:

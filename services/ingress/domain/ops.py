@@ -120,7 +120,8 @@ async def run_sql(sql: str, max_rows: int, principal: Principal, *, readside: Re
     """SELECT statements only, in a read-only transaction, stopped after 30 s; at most `max_rows`."""
     principal.require_admin()
     try:
-        columns, rows, truncated = await readside.operator_query(queries.run_query, sql, max_rows=max_rows)
+        columns, rows, truncated = await readside.operator_query(queries.run_query, sql, max_rows=max_rows,
+                                                                      seconds=readside.settings.ops_query_seconds)
     except NotReadOnly as exc:
         raise Invalid(str(exc)) from None
     except Busy as exc:

@@ -115,10 +115,10 @@ async def test_an_idle_worker_takes_the_queue_of_a_model_nobody_serves(with_tiny
 async def test_a_busy_worker_takes_a_starving_queue_after_the_patience(with_tiny_model, bus, tap):
     settings = three_models(with_tiny_model, default="m1", affinity_patience=1.0, max_batch=1)
     async with workers(settings, bus, 1):
-        for n in range(24):
+        for n in range(12):  # ~12 s of m1's work; patience 1 s, a look every ~0.5 s
             await bus.send(command(f"busy-{n}", seed=n, model="m1", steps=20))
         await bus.send(command("starving", model="m2", steps=2))
-        await tap.wait(ImageGenerated, count=25, timeout=240)
+        await tap.wait(ImageGenerated, count=13, timeout=240)
     order = [event.job_id for event in tap.of(ImageGenerated)]
-    assert order.index("starving") < order.index("busy-23"), \
-        f"m2's job waited for all of m1's: it ran at position {order.index('starving') + 1} of 25"
+    assert order.index("starving") < order.index("busy-11"), \
+        f"m2's job waited for all of m1's: it ran at position {order.index('starving') + 1} of 13"

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import ssl
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -130,12 +131,13 @@ def catalog(settings: Settings) -> Catalog:
     return load_catalog(Path(settings.config_path).resolve(), settings.data_path)
 
 
-class CatalogView:
+class CatalogView(ABC):
     """Reads like a `Catalog` (`model`, `models`, `default`, `styles`, `enrichment`) for code written
     against one, each read from `current()`: the catalog as it is now."""
 
+    @abstractmethod
     def current(self, *, force: bool = False) -> Catalog:
-        raise NotImplementedError
+        """The catalog as it is now (`force`: read it again even if nothing seems changed)."""
 
     def model(self, model_id: str | None):
         return self.current().model(model_id)

@@ -23,6 +23,7 @@ import httpx
 from schemas.layout import DataLayout
 from schemas.settings import Settings
 from services.readside import queries
+from services.readside.errors import QueryFailed
 from services.readside.projection import Projection
 
 
@@ -92,8 +93,9 @@ def query(settings: Settings, sql: str, max_rows: int) -> dict:
             return Remote(settings).call("POST", "/v1/ops/query", {"sql": sql, "max_rows": max_rows})
         with projection.cursor() as cur:
             try:
-                columns, rows, truncated = queries.run_query(cur, sql, max_rows=max_rows)
-            except duckdb.Error as exc:
+                columns, rows, truncated = queries.run_query(cur, sql, max_rows=max_rows,
+                                                             seconds=settings.ops_query_seconds)
+            except (duckdb.Error, QueryFailed) as exc:
                 raise OpsError(f"sql: {exc}") from None
         return {"columns": columns, "rows": [list(row) for row in rows], "truncated": truncated}
 

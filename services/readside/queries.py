@@ -23,7 +23,6 @@ from services.readside.errors import BadCursor, NotReadOnly, QueryFailed
 COUNTED = ("pending", "processing", "completed", "failed", "cancelled")
 MAX_PAGE = 50
 MAX_QUERY_ROWS = 10_000
-QUERY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -294,8 +293,8 @@ def check_read_only(sql: str) -> None:
             raise NotReadOnly(f"sql: only SELECT queries are allowed here, not {statement.type.name}")
 
 
-def run_query(cur: duckdb.DuckDBPyConnection, sql: str, *, max_rows: int = MAX_QUERY_ROWS,
-              seconds: float = QUERY_SECONDS) -> tuple[list[str], list[tuple], bool]:
+def run_query(cur: duckdb.DuckDBPyConnection, sql: str, *, seconds: float,
+              max_rows: int = MAX_QUERY_ROWS) -> tuple[list[str], list[tuple], bool]:
     """Run an operator's SELECT in a read-only transaction, interrupted after `seconds`.
     Returns (column names, rows, truncated)."""
     check_read_only(sql)

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from ops import analytics
 from ops.bench.synthetic import write_log
 from schemas.events import ImageDeleted, ImageExpired, JobAccepted, JobCompleted
 from schemas.jobs import JobSpec
@@ -155,6 +156,16 @@ async def test_ops_query_runs_select_only_and_health_shows_the_lag(logged):
     assert health["projection"]["pending_bytes"] == 0 and health["projection"]["lag_seconds"] == 0
     metrics = (await client.get("/metrics")).text
     assert f'darkroom_jobs{{status="completed"}} {float(truth["counts"]["completed"])}' in metrics
+
+
+def test_ops_query_without_a_running_ingress_is_interrupted_after_its_time(settings):
+    """`darkroom ops query` opens the projection itself when no ingress holds it; a runaway query
+    stops after DARKROOM_OPS_QUERY_SECONDS with an operator's error, not a traceback."""
+    write_log(DataLayout(settings.data_dir).events_dir, 20, active=0)
+    quick = msgspec.structs.replace(settings, ops_query_seconds=0.5)
+    assert analytics.query(quick, "SELECT count(*) AS n FROM jobs", 10)["rows"] == [[20]]
+    with pytest.raises(analytics.OpsError, match=r"interrupted after 0\.5 s \(DARKROOM_OPS_QUERY_SECONDS\)"):
+        analytics.query(quick, "SELECT count(*) FROM range(3000000000) t(a), range(2) u(b) WHERE a % 7 = b", 10)
 
 
 async def saved_job(bus, tap, job: str) -> JobCompleted:

@@ -82,7 +82,7 @@ async def gallery(principal: Principal, *, readside: ReadSide, page: int = 1, li
     """Images the caller may see, newest first, by page number or by cursor."""
     try:
         found = await readside.current_query(queries.gallery, scope_of(principal), page=page, limit=limit,
-                                     search=search, model=model, cursor=cursor)
+                                             search=search, model=model, cursor=cursor)
     except BadCursor as exc:
         raise Invalid(str(exc)) from None
     return msgspec.convert(found, Gallery)

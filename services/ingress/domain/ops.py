@@ -117,7 +117,8 @@ async def ops_stats(principal: Principal, *, readside: ReadSide) -> OpsStats:
 
 
 async def run_sql(sql: str, max_rows: int, principal: Principal, *, readside: ReadSide) -> OpsQueryResult:
-    """SELECT statements only, in a read-only transaction, stopped after 30 s; at most `max_rows`."""
+    """SELECT statements only, in a read-only transaction, stopped after DARKROOM_OPS_QUERY_SECONDS;
+    at most `max_rows`."""
     principal.require_admin()
     try:
         columns, rows, truncated = await readside.operator_query(queries.run_query, sql, max_rows=max_rows,

@@ -60,7 +60,6 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
         batching = asyncio.create_task(worker.batcher.run())
         beating = asyncio.create_task(worker.heartbeats())
-        announcing = asyncio.create_task(presence.announce(bus.publish_soon))
         if warm is not None:
             await bus.publish(ModelLoaded(
                 model=default.id, worker=worker.id, seconds=round(warm.load_seconds, 3), bytes=warm.bytes
@@ -85,6 +84,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         worker.on_models_changed = affinity.models_changed
         await affinity.follow_cache()
         await consume()
+        # Announced once it consumes: a worker listed `up` (GET /v1/workers) takes jobs, and /health
+        # counts it (a presence sent during the subscriptions above was seen before it consumed).
+        announcing = asyncio.create_task(presence.announce(bus.publish_soon))
         following = asyncio.create_task(affinity.run())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({stopped, batching, beating}, return_when=asyncio.FIRST_COMPLETED)

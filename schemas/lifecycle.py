@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from schemas.events import (
     Event,
     ImageDeleted,
@@ -151,6 +153,15 @@ def _add_images(doc: JobDocument, images: list[ImageRecord]) -> None:
         doc.images = sorted([*doc.images, *fresh], key=lambda image: image.metadata.image_number)
 
 
+# The smallest step `updated_at` moves by: clients compare it at millisecond precision (weights.gg's
+# `lastModifiedDate`, JavaScript dates).
+TICK = timedelta(milliseconds=1)
+
+
 def _touched(doc: JobDocument, event: Event) -> JobDocument:
-    doc.updated_at = max(doc.updated_at, event.occurred_at)
+    """Every change moves `updated_at` on, by at least a millisecond: two events stamped in the same
+    millisecond (the saver's `image.saved` and `job.completed`) must not leave a client that polls
+    between them seeing a new status under the old time. Derived from the events alone, so the
+    recorder and the projection (and a rebuild) agree."""
+    doc.updated_at = max(doc.updated_at + TICK, event.occurred_at)
     return doc

@@ -143,3 +143,15 @@ def test_an_operator_replay_brings_a_failed_job_back_and_nothing_else_does():
     done = apply_event(doc, JobCompleted(job_id=JOB, image_ids=[], attempt=2, occurred_at=at(4)))
     assert done.status == "completed"
     assert apply_event(done, JobRequeued(job_id=JOB, attempt=3, reason="x", replay=True, occurred_at=at(5))) is None
+
+
+def test_every_change_moves_updated_at_on_by_a_millisecond_even_within_one():
+    # The saver stamps image.saved and job.completed in the same millisecond; a client polling
+    # between them (weights.gg's lastModifiedDate, in ms) must see the completion as a new time.
+    doc = apply_event(accepted(), JobStarted(job_id=JOB, worker="w1", occurred_at=at(1)))
+    saved = apply_event(doc, ImageSaved(job_id=JOB, image=record(1), occurred_at=at(5)))
+    processing_at = saved.updated_at
+    done = apply_event(saved, JobCompleted(job_id=JOB, image_ids=[record(1).id], images=[record(1)], occurred_at=at(5)))
+    assert done.status == "completed" and int(done.updated_at.timestamp() * 1000) > int(processing_at.timestamp() * 1000)
+    later = apply_event(done, ImageDeleted(job_id=JOB, image_id=record(1).id, occurred_at=at(9)))
+    assert later.updated_at == at(9), "an event stamped later sets its own time"
